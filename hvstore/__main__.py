@@ -1,0 +1,5 @@
+import sys
+
+from hvstore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Storage backends, one module each, all behind ``base.Backend``; ``registry.BACKENDS`` lists them."""

@@ -1,0 +1,98 @@
+"""hvstore.toml: named stores, like Proxmox's /etc/pve/storage.cfg.
+
+    [stores.ceph]
+    type = "rbd"
+    pool = "hvstore"
+    conf = "/var/lib/hvstore/lab/ceph/ceph.conf"
+
+Which file: ``--config``, else ``$HVSTORE_CONFIG``, else the lab's ``hvstore.toml`` (the embedded default,
+written by ``hvstore lab up``). Each store's table is validated by its backend's ``Config`` dataclass when
+the file is loaded, so a typo fails before anything touches a store.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hvstore.backends.base import Backend, StoreConfig
+from hvstore.backends.registry import BACKENDS
+from hvstore.errors import ConfigError, NotFound
+from hvstore.model import validate_name
+
+DEFAULT_LAB_DIR = Path("/var/lib/hvstore/lab")
+
+
+def lab_dir() -> Path:
+    """Where the lab keeps its state (``$HVSTORE_LAB_DIR`` overrides; tests use their own)."""
+    return Path(os.environ.get("HVSTORE_LAB_DIR", DEFAULT_LAB_DIR))
+
+
+def state_dir() -> Path:
+    """Per-host bookkeeping of the CLI (build locks, journal of unfinished builds); ``$HVSTORE_STATE_DIR``."""
+    return Path(os.environ.get("HVSTORE_STATE_DIR", "/var/lib/hvstore/state"))
+
+
+def config_path(explicit: str | Path | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("HVSTORE_CONFIG"):
+        return Path(env)
+    return lab_dir() / "hvstore.toml"
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    name: str
+    kind: str
+    config: StoreConfig
+
+    def backend(self) -> Backend[Any]:
+        """A new, unconnected backend object for this store."""
+        return BACKENDS[self.kind](self.name, self.config)
+
+
+@dataclass(frozen=True)
+class HvstoreConfig:
+    path: Path
+    stores: dict[str, StoreEntry]
+
+    def store(self, name: str) -> StoreEntry:
+        try:
+            return self.stores[name]
+        except KeyError:
+            known = ", ".join(sorted(self.stores)) or "none"
+            raise NotFound(f"unknown store {name!r} in {self.path} (known: {known})") from None
+
+
+def parse_config(data: dict[str, Any], path: Path) -> HvstoreConfig:
+    tables = data.get("stores", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{path}: [stores] must be a table of stores")
+    stores: dict[str, StoreEntry] = {}
+    for name, table in tables.items():
+        validate_name(name, what="store name")
+        if not isinstance(table, dict) or "type" not in table:
+            raise ConfigError(f"{path}: store {name!r} needs a 'type' ({', '.join(BACKENDS)})")
+        raw = dict(table)
+        kind = raw.pop("type")
+        if kind not in BACKENDS:
+            raise ConfigError(f"{path}: store {name!r} has unknown type {kind!r} (known: {', '.join(BACKENDS)})")
+        stores[name] = StoreEntry(name, kind, BACKENDS[kind].Config.from_mapping(name, raw))
+    return HvstoreConfig(path, stores)
+
+
+def load_config(explicit: str | Path | None = None) -> HvstoreConfig:
+    """Load and validate the config; ConfigError with the next step when there is none."""
+    path = config_path(explicit)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        hint = "run 'hvstore lab up' or pass --config" if not explicit else "check the path"
+        raise ConfigError(f"no config at {path}: {hint}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return parse_config(data, path)

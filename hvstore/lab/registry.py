@@ -1,0 +1,17 @@
+"""Every lab service, in start order. Adding a service: one module with a LabService, one line here."""
+
+from __future__ import annotations
+
+from hvstore.lab.ceph import CephService
+from hvstore.lab.gluster import GlusterService
+from hvstore.lab.local import LocalService
+from hvstore.lab.service import LabService
+
+# Please keep this at the bottom of the file, in start order; ``DEFAULT`` is what ``hvstore lab up``
+# starts when no service is named.
+SERVICES: dict[str, type[LabService]] = {
+    "local": LocalService,
+    "ceph": CephService,
+    "gluster": GlusterService,
+}
+DEFAULT: tuple[str, ...] = ("local", "ceph", "gluster")

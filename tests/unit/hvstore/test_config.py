@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hvstore.config import load_config, parse_config
+from hvstore.errors import ConfigError, NotFound
+
+
+def test_parse_local_store(tmp_path):
+    config = parse_config({"stores": {"fast": {"type": "local", "path": str(tmp_path), "format": "raw"}}},
+                          Path("x.toml"))
+    entry = config.store("fast")
+    assert entry.kind == "local"
+    assert entry.config.format == "raw"
+    assert entry.backend().store == "fast"
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"path": "/x"}, "needs a 'type'"),
+    ({"type": "zfs", "path": "/x"}, "unknown type 'zfs'"),
+    ({"type": "local"}, "missing key 'path'"),
+    ({"type": "local", "path": "/x", "colour": "red"}, "unknown key(s) colour"),
+    ({"type": "local", "path": 7}, "must be str"),
+])
+def test_config_errors_are_one_clear_line(table, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_config({"stores": {"s": table}}, Path("x.toml"))
+
+
+def test_unknown_store_names_the_known_ones(tmp_path):
+    config = parse_config({"stores": {"a": {"type": "local", "path": str(tmp_path)}}}, Path("x.toml"))
+    with pytest.raises(NotFound, match=r"unknown store 'b' in x.toml \(known: a\)"):
+        config.store("b")
+
+
+def test_missing_config_file_gives_next_step(tmp_path, monkeypatch):
+    monkeypatch.delenv("HVSTORE_CONFIG", raising=False)
+    monkeypatch.setenv("HVSTORE_LAB_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="run 'hvstore lab up'"):
+        load_config()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[stores\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(bad)
+
+
+def test_secrets_are_masked():
+    from dataclasses import dataclass
+
+    from hvstore.backends.base import StoreConfig, option
+
+    @dataclass(frozen=True)
+    class WithSecret(StoreConfig):
+        user: str = option(help="u")
+        password: str = option(help="p", secret=True)
+
+    cfg = WithSecret.from_mapping("s", {"user": "u", "password": "hunter2"})
+    assert cfg.public() == {"user": "u", "password": "********"}
