@@ -107,6 +107,16 @@ class LeaseSpec:
     key: str
 
 
+@dataclass(frozen=True)
+class LibvirtSecret:
+    """A secret a disk's ``<auth>`` refers to by usage (cephx key, CHAP password). ``value`` never leaves
+    the host's libvirt secret store; it is excluded from ``repr`` so it cannot reach a log line."""
+
+    usage_type: str  # "ceph" or "iscsi"
+    usage_id: str
+    value: bytes = field(repr=False)
+
+
 class Feature(enum.StrEnum):
     """Operations and properties a backend declares in its capability table."""
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from hvstore.errors import ConfigError, NotFound, Unsupported
-from hvstore.model import Capabilities, Feature, LeaseSpec, SnapshotInfo, VolumeInfo
+from hvstore.model import Capabilities, Feature, LeaseSpec, LibvirtSecret, SnapshotInfo, VolumeInfo
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, secret: bool = False) -> Any:
@@ -213,6 +213,10 @@ class Backend(ABC, Generic[C]):
     @abstractmethod
     def disk_xml(self, name: str, *, target: str = "vda", host: str | None = None) -> str:
         """The libvirt ``<disk>`` element that gives a domain this volume."""
+
+    def libvirt_secrets(self, *, host: str | None = None) -> list[LibvirtSecret]:
+        """Secrets ``disk_xml(host=host)`` refers to, for ``hvstore attach`` to define in libvirt."""
+        return []
 
     def lease(self, name: str) -> LeaseSpec:
         """What lockd locks for this volume: one lockspace per store, the volume name as key."""

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from hvstore.cli import bench, lab, store, volume
+from hvstore.cli import bench, domain, lab, store, volume
 from hvstore.cli.context import app_state
 from hvstore.errors import HvstoreError
 
@@ -30,6 +30,8 @@ app.add_typer(lab.app, name="lab")
 app.add_typer(bench.app, name="bench")
 app.command("caps")(store.caps)
 app.command("demo")(store.demo)
+app.command("attach")(domain.attach)
+app.command("detach")(domain.detach)
 
 
 @app.callback()

@@ -10,12 +10,15 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TimeRemai
 from hvstore.cli.context import volume_service
 from hvstore.cli.render import JsonOption, err_console, info, print_json, table
 from hvstore.errors import NotFound
+from hvstore.libvirt import DEFAULT_LEASE_ROOT, disk_with_lease_xml
 from hvstore.model import VolumeInfo, VolumeRef
 from hvstore.units import format_size, parse_size
 
 app = typer.Typer(help="Create, inspect, snapshot, clone, import and export volumes (STORE/NAME).",
                   no_args_is_help=True)
 
+LeaseRootOption = typer.Option(DEFAULT_LEASE_ROOT, "--lease-root", envvar="HVSTORE_LEASE_ROOT",
+                               help="lockd's lease root (the <lease><target path>)")
 RefArg = typer.Argument(..., metavar="STORE/NAME", help="the volume, e.g. ceph/vm1-disk0")
 
 
@@ -251,15 +254,21 @@ def uri(ref: str = RefArg, host: str = typer.Option(None, help="host identity (c
 @app.command("disk-xml")
 def disk_xml(ref: str = RefArg, target_dev: str = typer.Option("vda", "--target", help="guest device, e.g. vdb"),
              host: str = typer.Option(None, help="host identity (cephx user, initiator)"),
-             as_json: bool = JsonOption) -> None:
-    """Print the libvirt <disk> element for this volume."""
+             lease: bool = typer.Option(False, "--lease", help="also the <lease> lockd locks (network disks)"),
+             lease_root: str = LeaseRootOption, as_json: bool = JsonOption) -> None:
+    """Print the libvirt <disk> element for this volume (with --lease: the <lease> first)."""
     target = VolumeRef.parse(ref)
     with volume_service() as service:
-        xml = service.backend(target.store).disk_xml(target.name, target=target_dev, host=host)
+        backend = service.backend(target.store)
+        if lease:
+            elements = disk_with_lease_xml(backend, target.name, target=target_dev, host=host, lease_root=lease_root)
+        else:
+            elements = [backend.disk_xml(target.name, target=target_dev, host=host)]
     if as_json:
-        print_json({"volume": str(target), "disk_xml": xml})
+        print_json({"volume": str(target), "disk_xml": elements[-1],
+                    "lease_xml": elements[0] if len(elements) == 2 else None})
     else:
-        typer.echo(xml)
+        typer.echo("\n".join(elements))
 
 
 @app.command()
