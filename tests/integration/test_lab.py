@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from hvstore.lab import LabController
-from hvstore.lab import procs
+from hvstore.lab import LabController, procs
 
 
 @pytest.fixture
