@@ -1,0 +1,1 @@
+"""virtlockd wire protocol: XDR codec (xdr), libvirt RPC framing (virnet), lock program (virtlockd), server."""
