@@ -46,6 +46,17 @@ def rss_bytes(pid: int) -> int | None:
     return 0  # kernel threads and zombies have no VmRSS line
 
 
+def children(pid: int) -> list[int]:
+    """Live direct children of ``pid``, oldest first (a subreaper's children include adopted orphans)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields and fields[0] not in ("Z", "X") and int(fields[1]) == pid:
+                found.append((int(fields[19]), int(entry)))
+    return [child for _, child in sorted(found)]
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below ``pid``, children first."""
     parents: dict[int, list[int]] = {}

@@ -98,6 +98,7 @@ def main(argv: list[str]) -> int:
             _kill_tree(signal.SIGTERM)
         if stop_sent_at is not None:
             if not descendants(os.getpid()) and (child_done or not alive(child)):
+                _reap_all()  # the last ones may have died since the loop's reap
                 return exit_status if exit_status >= 0 else 128 - exit_status
             if time.monotonic() - stop_sent_at > STOP_GRACE_S:
                 _kill_tree(signal.SIGKILL)

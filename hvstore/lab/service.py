@@ -102,7 +102,9 @@ class Lab:
         reaper = self.reaper_pid(name)
         if reaper is None:
             return None
-        children = [p for p in procs.descendants(reaper) if procs.alive(p)]
+        # The daemon is the reaper's oldest child; adopted orphans (e.g. gluster bricks) came later, even
+        # where pids wrapped around.
+        children = procs.children(reaper)
         return children[0] if children else None
 
     def running(self, name: str) -> bool:
