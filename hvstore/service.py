@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hvstore.backends.base import Backend, BlockIO
+from hvstore.blocks import zero_runs
 from hvstore.config import HvstoreConfig, StoreEntry, state_dir
 from hvstore.errors import AlreadyExists, Busy, InvalidArgument, NotFound
 from hvstore.imagefile import open_image_file
@@ -294,7 +295,7 @@ class _FdWriter(BlockIO):
 
 
 def _copy(source: BlockIO, dest: BlockIO, size: int, progress: Progress) -> None:
-    """Copy the allocated extents of ``source`` to ``dest`` in chunks, skipping all-zero chunks.
+    """Copy the allocated extents of ``source`` to ``dest`` in chunks, writing only non-zero 64 KiB blocks.
 
     ``dest`` must read as zeros where nothing is written (a new thin volume, a truncated file).
     """
@@ -308,7 +309,9 @@ def _copy(source: BlockIO, dest: BlockIO, size: int, progress: Progress) -> None
         while offset < end:
             chunk = source.read(offset, min(CHUNK_BYTES, end - offset))
             if chunk != _ZEROS[: len(chunk)]:
-                dest.write(offset, chunk)
+                for run_start, run_end, is_zero in zero_runs(chunk):
+                    if not is_zero:  # a slice of the whole chunk is the chunk itself, not a copy
+                        dest.write(offset + run_start, chunk[run_start:run_end])
             offset += len(chunk)
             progress(offset, size)
         done = end

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from hvstore.lab.ceph import CephService
 from hvstore.lab.gluster import GlusterService
+from hvstore.lab.libvirt import LibvirtService
 from hvstore.lab.local import LocalService
+from hvstore.lab.sanlock import SanlockService
 from hvstore.lab.service import LabService
+from hvstore.lab.sheepdog_fake import SheepdogFakeService
+from hvstore.lab.tgt import TgtService
 
 # Please keep this at the bottom of the file, in start order; ``DEFAULT`` is what ``hvstore lab up``
 # starts when no service is named.
@@ -13,5 +17,9 @@ SERVICES: dict[str, type[LabService]] = {
     "local": LocalService,
     "ceph": CephService,
     "gluster": GlusterService,
+    "tgt": TgtService,
+    "libvirt": LibvirtService,
+    "sanlock": SanlockService,
+    "sheepdog-fake": SheepdogFakeService,
 }
-DEFAULT: tuple[str, ...] = ("local", "ceph", "gluster")
+DEFAULT: tuple[str, ...] = ("local", "ceph", "gluster", "tgt", "sheepdog-fake")

@@ -15,8 +15,12 @@ from hvstore.lab import LabController
 # Store name in the lab's hvstore.toml -> lab service that provides it. The volume contract suite
 # (test_volume_contract.py) runs once per entry; a backend joins it by adding its line here.
 LAB_STORES: dict[str, str] = {
+    "sheepdog": "sheepdog-fake",
     "local": "local",
     "ceph": "ceph",
+    "iscsi": "tgt",
+    "gluster": "gluster",
+    "gluster-dist": "gluster",
 }
 
 

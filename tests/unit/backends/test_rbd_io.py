@@ -8,7 +8,8 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hvstore.backends.rbd_io import ExtentSet, zero_runs
+from hvstore.backends.rbd_io import ExtentSet
+from hvstore.blocks import zero_runs
 
 
 def test_extent_set_merges_touching_and_overlapping_ranges():
