@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hvstore.backends.rbd import RbdConfig
+from hvstore.backends.rbd import RbdBackend, RbdConfig
 from hvstore.bench.import_export import CHUNK, _commands, make_source_file
 from hvstore.errors import InvalidArgument
 
@@ -30,16 +30,17 @@ def test_source_file_is_partly_sparse_and_every_chunk_differs(tmp_path):
 
 def test_commands_use_the_stores_identity_for_every_tool(tmp_path):
     cfg = RbdConfig(pool="hv", conf="/c/ceph.conf", keyring="/c/admin.keyring")
+    backend = RbdBackend("ceph", cfg)  # constructors only store: nothing connects here
     src, out = Path("/s.raw"), Path("/o.raw")
-    rbd_imp, rbd_exp = _commands("rbd", cfg, "ceph", tmp_path / "h.toml", ["hvstore"], src, "img", out)
+    rbd_imp, rbd_exp = _commands("rbd", backend, tmp_path / "h.toml", ["hvstore"], src, "img", out)
     assert rbd_imp == ["rbd", "--conf", "/c/ceph.conf", "--id", "admin", "--keyring", "/c/admin.keyring",
                        "--no-progress", "import", "/s.raw", "hv/img"]
     assert rbd_exp[-3:] == ["export", "hv/img", "/o.raw"]
-    qemu_imp, qemu_exp = _commands("qemu-img", cfg, "ceph", tmp_path / "h.toml", ["hvstore"], src, "img", out)
+    qemu_imp, qemu_exp = _commands("qemu-img", backend, tmp_path / "h.toml", ["hvstore"], src, "img", out)
     assert qemu_imp[-1] == "rbd:hv/img:id=admin:conf=/c/ceph.conf:keyring=/c/admin.keyring"
     assert qemu_exp[-2:] == [qemu_imp[-1], "/o.raw"]
-    hv_imp, hv_exp = _commands("hvstore", cfg, "ceph", tmp_path / "h.toml", ["hvstore"], src, "img", out)
+    hv_imp, hv_exp = _commands("hvstore", backend, tmp_path / "h.toml", ["hvstore"], src, "img", out)
     assert hv_imp == ["hvstore", "--config", str(tmp_path / "h.toml"), "volume", "import", "-q", "/s.raw", "ceph/img"]
     assert hv_exp[-3:] == ["-q", "ceph/img", "/o.raw"]
     with pytest.raises(InvalidArgument):
-        _commands("dd", cfg, "ceph", tmp_path / "h.toml", ["hvstore"], src, "img", out)
+        _commands("dd", backend, tmp_path / "h.toml", ["hvstore"], src, "img", out)
