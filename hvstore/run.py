@@ -28,6 +28,7 @@ def run(
     check: bool = True,
     input_text: str | None = None,
     env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> Completed:
     """Run a tool to completion and return its output.
 
@@ -38,7 +39,7 @@ def run(
     try:
         proc = subprocess.run(
             argv, input=input_text, capture_output=True, text=True, timeout=timeout_s, env=full_env,
-            stdin=None if input_text is not None else subprocess.DEVNULL,
+            stdin=None if input_text is not None else subprocess.DEVNULL, cwd=cwd,
         )
     except FileNotFoundError:
         raise ToolFailed(argv, 127, f"{argv[0]}: command not found (run the set-up: ./hv setup)") from None

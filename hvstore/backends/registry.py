@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hvstore.backends.base import Backend
+from hvstore.backends.drbd import DrbdBackend
 from hvstore.backends.gluster import GlusterBackend
 from hvstore.backends.iscsi import IscsiBackend
 from hvstore.backends.local import LocalBackend
@@ -16,4 +17,5 @@ BACKENDS: dict[str, type[Backend]] = {
     "gluster": GlusterBackend,
     "iscsi": IscsiBackend,
     "sheepdog": SheepdogBackend,
+    "drbd": DrbdBackend,
 }

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from hvstore.cli import bench, domain, lab, store, volume
+from hvstore.cli import bench, domain, drbd, lab, store, volume
 from hvstore.cli.context import app_state
 from hvstore.errors import HvstoreError
 
@@ -28,6 +28,7 @@ app.add_typer(volume.app, name="volume")
 app.add_typer(store.app, name="store")
 app.add_typer(lab.app, name="lab")
 app.add_typer(bench.app, name="bench")
+app.add_typer(drbd.app, name="drbd")
 app.command("caps")(store.caps)
 app.command("demo")(store.demo)
 app.command("attach")(domain.attach)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hvstore.lab.ceph import CephService
+from hvstore.lab.drbd import DrbdService
 from hvstore.lab.gluster import GlusterService
 from hvstore.lab.libvirt import LibvirtService
 from hvstore.lab.local import LocalService
@@ -21,5 +22,6 @@ SERVICES: dict[str, type[LabService]] = {
     "libvirt": LibvirtService,
     "sanlock": SanlockService,
     "sheepdog-fake": SheepdogFakeService,
+    "drbd": DrbdService,
 }
 DEFAULT: tuple[str, ...] = ("local", "ceph", "gluster", "tgt", "sheepdog-fake")
