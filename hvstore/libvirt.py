@@ -23,7 +23,7 @@ from hvstore.backends.base import Backend
 from hvstore.errors import AlreadyExists, BackendUnavailable, Busy, HvstoreError, InvalidArgument, NotFound
 from hvstore.model import LeaseSpec, LibvirtSecret
 
-DEFAULT_LEASE_ROOT = "/var/lib/lockd/leases"
+DEFAULT_LEASE_ROOT = "/var/lib/libvirt/lockd"  # lockd's default lease_root
 
 
 def default_uri() -> str:

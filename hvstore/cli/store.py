@@ -28,11 +28,12 @@ def list_(as_json: bool = JsonOption) -> None:
 
 
 def _cell(support: Support) -> str:
+    """✓/✗, with 'live' or 'offline' where it matters whether a VM may have the volume open."""
     if not support.supported:
-        return "[red]no[/red]"
+        return "[red]✗[/red]"
     if support.online is None:
-        return "[green]yes[/green]"
-    return "[green]yes[/green] (online)" if support.online else "[green]yes[/green] (offline)"
+        return "[green]✓[/green]"
+    return "[green]✓[/green] live" if support.online else "[green]✓[/green] offline"
 
 
 def _capability_tables(stores: list[str]) -> dict[str, Capabilities]:
@@ -70,7 +71,7 @@ def caps(stores: list[str] = typer.Argument(None, metavar="[STORE]...", help="de
     rows.append(["snapshots", *(c.snapshot_kind for c in tables.values())])
     table("capabilities", columns, rows)
     if not notes:
-        info("(--notes shows why each 'no' is a no)")
+        info("✓ supported, ✗ not (--notes says why); live: while a VM has the volume open")
 
 
 def demo(stores: list[str] = typer.Argument(None, metavar="[STORE]...", help="default: every store"),
