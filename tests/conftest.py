@@ -1,0 +1,24 @@
+"""Shared pytest hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+LARGE_BYTES = 4096
+
+
+def pytest_assertrepr_compare(op: str, left: Any, right: Any) -> list[str] | None:
+    """Explain a failed comparison of large byte strings by the first differing offset.
+
+    pytest's default diff of two 1 MiB byte strings runs difflib for minutes; volume tests compare MiBs.
+    """
+    if op != "==" or not isinstance(left, bytes | bytearray) or not isinstance(right, bytes | bytearray):
+        return None
+    if max(len(left), len(right)) < LARGE_BYTES:
+        return None
+    first = next((i for i, (a, b) in enumerate(zip(left, right, strict=False)) if a != b), min(len(left), len(right)))
+    return [
+        f"{len(left)} bytes == {len(right)} bytes: they differ from offset {first}",
+        f"left[{first}:{first + 16}] = {bytes(left[first:first + 16])!r}",
+        f"right[{first}:{first + 16}] = {bytes(right[first:first + 16])!r}",
+    ]
