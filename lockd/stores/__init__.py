@@ -1,0 +1,1 @@
+"""Lease stores, one module per store, all behind ``lockd.stores.base.LeaseStore``."""
