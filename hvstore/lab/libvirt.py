@@ -65,7 +65,7 @@ class LibvirtService(LabService):
         try:
             return json.loads(self.settings_path.read_text())
         except FileNotFoundError:
-            return {"lock_manager": os.environ.get("HVSTORE_LAB_LOCK_MANAGER", "none")}
+            return {"lock_manager": os.environ.get("HVSTORE_LAB_LOCK_MANAGER", "lockd")}
 
     def configure(self, *, lock_manager: str) -> None:
         """Choose the lock manager; takes effect at the next start (stop first to switch a running lab)."""
@@ -79,6 +79,10 @@ class LibvirtService(LabService):
         self.lab.stop("libvirtd")  # a half-dead instance (e.g. libvirtd died, virtlogd lingers)
         _make_kvm_usable()
         lock_manager = self.settings()["lock_manager"]
+        if lock_manager == "lockd":  # the plugin needs its daemon on the socket before any domain starts
+            from hvstore.lab.lockd import LockdService
+
+            LockdService(self.lab).start()
         self._write_config(lock_manager)
         for leftover in ("libvirt-sock", "libvirt-sock-ro", "libvirt-admin-sock", "virtlogd-sock",
                          "virtlogd-admin-sock", "libvirtd.pid", "virtlogd.pid"):

@@ -7,6 +7,7 @@ from hvstore.lab.drbd import DrbdService
 from hvstore.lab.gluster import GlusterService
 from hvstore.lab.libvirt import LibvirtService
 from hvstore.lab.local import LocalService
+from hvstore.lab.lockd import LockdService
 from hvstore.lab.sanlock import SanlockService
 from hvstore.lab.service import LabService
 from hvstore.lab.sheepdog_fake import SheepdogFakeService
@@ -19,6 +20,7 @@ SERVICES: dict[str, type[LabService]] = {
     "ceph": CephService,
     "gluster": GlusterService,
     "tgt": TgtService,
+    "lockd": LockdService,
     "libvirt": LibvirtService,
     "sanlock": SanlockService,
     "sheepdog-fake": SheepdogFakeService,
