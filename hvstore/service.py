@@ -26,7 +26,7 @@ from hvstore.backends.base import Backend, BlockIO
 from hvstore.blocks import zero_runs
 from hvstore.config import HvstoreConfig, StoreEntry, state_dir
 from hvstore.errors import AlreadyExists, Busy, InvalidArgument, NotFound
-from hvstore.imagefile import open_image_file
+from hvstore.imagefile import FileBlockIO, open_image_file
 from hvstore.model import (
     PARTIAL_PREFIX,
     Capabilities,
@@ -167,17 +167,14 @@ class VolumeService:
         partial = path.with_name(f".{path.name}.partial")
         with backend.open(source.name) as volume:
             size = volume.size()
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.ftruncate(fd, size)
-                with _FdWriter(fd) as dest:
+                with open(partial, "wb") as created:  # a sparse file of the volume's size: holes stay holes
+                    created.truncate(size)
+                with FileBlockIO(partial, writable=True) as dest:  # closing fsyncs
                     _copy(volume, dest, size, progress)
-                os.fsync(fd)
             except BaseException:
-                os.close(fd)
                 partial.unlink(missing_ok=True)
                 raise
-            os.close(fd)
         os.replace(partial, path)
         return size
 
@@ -267,31 +264,6 @@ class _BuildLock:
 
     def __exit__(self, *exc: object) -> None:
         self.handle.close()
-
-
-class _FdWriter(BlockIO):
-    """The export side: a plain file descriptor as a BlockIO (holes stay holes)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def size(self) -> int:
-        return os.fstat(self.fd).st_size
-
-    def read(self, offset: int, length: int) -> bytes:
-        return os.pread(self.fd, length, offset)
-
-    def write(self, offset: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self.fd, view, offset)
-            view, offset = view[written:], offset + written
-
-    def flush(self) -> None:
-        os.fsync(self.fd)
-
-    def close(self) -> None:
-        """The caller owns the descriptor."""
 
 
 def _copy(source: BlockIO, dest: BlockIO, size: int, progress: Progress) -> None:
