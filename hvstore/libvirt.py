@@ -114,8 +114,15 @@ def _next_target(domain_xml: ET.Element) -> str:
 
 def define_secrets(conn: libvirt.virConnect, secrets: list[LibvirtSecret]) -> None:
     """Create or update libvirt secrets (private, not ephemeral) holding these values."""
+    usage_types = {"ceph": libvirt.VIR_SECRET_USAGE_TYPE_CEPH, "iscsi": libvirt.VIR_SECRET_USAGE_TYPE_ISCSI}
     for secret in secrets:
-        xml = (f"<secret ephemeral='no' private='yes'><usage type='{secret.usage_type}'>"
+        # libvirt refuses a second secret for the same usage: an existing one is updated (same UUID).
+        try:
+            existing = conn.secretLookupByUsage(usage_types[secret.usage_type], secret.usage_id)
+            uuid_xml = f"<uuid>{existing.UUIDString()}</uuid>"
+        except libvirt.libvirtError:
+            uuid_xml = ""
+        xml = (f"<secret ephemeral='no' private='yes'>{uuid_xml}<usage type='{secret.usage_type}'>"
                f"{'<name>' if secret.usage_type == 'ceph' else '<target>'}{secret.usage_id}"
                f"{'</name>' if secret.usage_type == 'ceph' else '</target>'}</usage></secret>")
         try:

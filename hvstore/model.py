@@ -108,6 +108,27 @@ class LeaseSpec:
 
 
 @dataclass(frozen=True)
+class FenceResult:
+    """What ``Backend.fence`` did to cut a dead host off one volume's data path.
+
+    ``method``: "blocklist watchers" (RBD), "acl removal" (iSCSI), "outdate peer" (DRBD) or "none" (the
+    volume had nothing of the dead host to cut off, or the dead host was not one the store knows).
+    ``fenced``: the clients/initiators/nodes cut off (empty: none of the dead host's was there).
+    ``seconds``: wall time until the fence was in force. ``note``: one line for the log (never a secret).
+    """
+
+    method: str
+    fenced: tuple[str, ...] = ()
+    seconds: float = 0.0
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["fenced"] = list(self.fenced)
+        return data
+
+
+@dataclass(frozen=True)
 class LibvirtSecret:
     """A secret a disk's ``<auth>`` refers to by usage (cephx key, CHAP password). ``value`` never leaves
     the host's libvirt secret store; it is excluded from ``repr`` so it cannot reach a log line."""

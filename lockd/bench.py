@@ -9,7 +9,12 @@ Runs lease managers in this process against the store of a lockd config, in a lo
 * takeover time after host death: a holder manager stops renewing at once (like kill -9 of its lockd) and
   a second manager polls ACQUIRE every ``poll_s`` until it gets the lease.
 
-Not measured here (yet): sanlock and virtlockd for comparison, and the lockd daemon's own RSS.
+* the same VM-start sequence libvirt's lock plugin sends (connect, REGISTER, ACQUIRE_RESOURCE, then
+  RELEASE_RESOURCE) over the virtlockd protocol, against lockd's own ``RpcServer`` and (``baselines``)
+  against libvirt's virtlockd started privately, plus sanlock's figures (``lockd.baselines``), with ratios.
+  sanlock's takeover time (about 70 s) only on request.
+
+Not measured here: the lockd daemon's own RSS (the bench process's RSS holds the same manager).
 """
 
 from __future__ import annotations
@@ -106,7 +111,7 @@ async def _manager(config: DaemonConfig, host: str, state_root: Path, lockspace:
 
 
 async def bench(config: DaemonConfig, *, rounds: int = 200, lease_counts: tuple[int, ...] = (1, 100, 1000),
-                takeover: bool = True, poll_s: float = 0.1,
+                takeover: bool = True, poll_s: float = 0.1, baselines: bool = True, sanlock_takeover: bool = False,
                 progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     lockspace = f"bench-{secrets.token_hex(4)}"
     owner = subprocess.Popen(["sleep", "3600"])
@@ -122,6 +127,7 @@ async def bench(config: DaemonConfig, *, rounds: int = 200, lease_counts: tuple[
             async with asyncio.TaskGroup() as tg:
                 a.run(tg)  # renewing in the background, as in the daemon
                 await _latency(a, lockspace, owner.pid, rounds, results, progress)
+                results["wire"] = {"lockd": await _wire_latency(a, root, lockspace, rounds, progress)}
                 results["renewal"] = await _renewal_cost(a, counting, lockspace, owner.pid, lease_counts,
                                                          progress)
                 progress("releasing")
@@ -134,7 +140,61 @@ async def bench(config: DaemonConfig, *, rounds: int = 200, lease_counts: tuple[
     finally:
         owner.kill()
         owner.wait()
+    if baselines:
+        from lockd.baselines import sanlock_figures, virtlockd_figures
+
+        results["wire"]["virtlockd"] = await asyncio.to_thread(virtlockd_figures, rounds, progress)
+        results["sanlock"] = await asyncio.to_thread(sanlock_figures, rounds, takeover=sanlock_takeover,
+                                                     progress=progress)
+        results["ratios"] = ratios(results)
     return results
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float]:
+    """lockd's figure divided by the baseline's (below 1: lockd is faster/smaller)."""
+    def ratio(ours: float | None, theirs: float | None) -> float | None:
+        return round(ours / theirs, 2) if ours is not None and theirs else None
+
+    wire, sanlock = results["wire"], results["sanlock"]
+    out = {
+        "acquire_p50_vs_sanlock": ratio(results["acquire_ms"]["p50"], sanlock["acquire_ms"]["p50"]),
+        "acquire_p99_vs_sanlock": ratio(results["acquire_ms"]["p99"], sanlock["acquire_ms"]["p99"]),
+        "release_p50_vs_sanlock": ratio(results["release_ms"]["p50"], sanlock["release_ms"]["p50"]),
+        "wire_register_acquire_p50_vs_virtlockd": ratio(wire["lockd"]["register_acquire_ms"]["p50"],
+                                                        wire["virtlockd"]["register_acquire_ms"]["p50"]),
+        "wire_register_acquire_p99_vs_virtlockd": ratio(wire["lockd"]["register_acquire_ms"]["p99"],
+                                                        wire["virtlockd"]["register_acquire_ms"]["p99"]),
+        "wire_release_p50_vs_virtlockd": ratio(wire["lockd"]["release_ms"]["p50"],
+                                               wire["virtlockd"]["release_ms"]["p50"]),
+        "rss_vs_virtlockd": ratio(results["renewal"][-1]["bench_process_rss_mib"],
+                                  wire["virtlockd"]["daemon_rss_mib"]),
+        "rss_vs_sanlock": ratio(results["renewal"][-1]["bench_process_rss_mib"], sanlock["daemon_rss_mib"]),
+    }
+    if "takeover_s" in results and "takeover_s" in sanlock:
+        out["takeover_vs_sanlock"] = ratio(results["takeover_s"], sanlock["takeover_s"])
+    return {k: v for k, v in out.items() if v is not None}
+
+
+async def _wire_latency(manager: LeaseManager, root: Path, lockspace: str, rounds: int,
+                        progress: Callable[[str], None]) -> dict[str, Any]:
+    """lockd behind its virtlockd-protocol server on a temporary socket, driven like libvirt's plugin."""
+    from lockd.baselines import wire_latency, wire_setup
+    from lockd.rpc.server import RpcServer
+    from lockd.service import VirtlockdService
+
+    progress(f"lockd over the virtlockd protocol: REGISTER+ACQUIRE/RELEASE x{rounds}")
+    lease_root = str(root / "leases")
+    sock = str(root / "lockd-vl.sock")
+    server = RpcServer.bind(sock, VirtlockdService(manager, lease_root=lease_root))
+    owner = subprocess.Popen(["sleep", "3600"])  # its own: a closed connection may get its owner killed
+    await server.start()
+    try:
+        await asyncio.to_thread(wire_setup, sock, f"{lease_root}/{lockspace}", owner.pid)
+        return await asyncio.to_thread(wire_latency, sock, f"{lease_root}/{lockspace}", owner.pid, rounds)
+    finally:
+        await server.stop()
+        owner.kill()
+        owner.wait()
 
 
 async def _latency(manager: LeaseManager, lockspace: str, pid: int, rounds: int, results: dict[str, Any],

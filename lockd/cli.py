@@ -167,9 +167,13 @@ def bench(config: ConfigOption = None,
           leases: Annotated[str, typer.Option(help="lease counts for the renewal cost, comma-separated")] = (
               "1,100,1000"),
           takeover: Annotated[bool, typer.Option(help="measure takeover time (takes about 2 x TTL)")] = True,
+          baselines: Annotated[bool, typer.Option(help="also measure sanlock (lab daemon) and virtlockd")] = True,
+          sanlock_takeover: Annotated[bool, typer.Option(
+              help="also measure sanlock's takeover of a dead host's lease (about 70 s)")] = False,
           as_json: JsonOption = False) -> None:
     """Figures on the configured store: acquire/release latency, store ops per renewal and RSS by lease
-    count, takeover time after a holder's death. Prints numbers; asserts nothing."""
+    count, takeover time after a holder's death; the same for sanlock and virtlockd in the same run, with
+    ratios (lockd / baseline). Prints numbers; asserts nothing."""
     from lockd.bench import bench as run_bench
     from lockd.daemon import DEFAULT_CONFIG, load_config
 
@@ -179,6 +183,7 @@ def bench(config: ConfigOption = None,
         raise typer.BadParameter(f"--leases wants comma-separated integers, not {leases!r}") from None
     settings = load_config(config or DEFAULT_CONFIG)
     data = asyncio.run(run_bench(settings, rounds=rounds, lease_counts=counts, takeover=takeover,
+                                 baselines=baselines, sanlock_takeover=sanlock_takeover,
                                  progress=lambda text: typer.echo(f"... {text}", err=True)))
     lines = [f"store {data['store']}, TTL {data['timing']['ttl_s']} s, renew every "
              f"{data['timing']['renew_interval_s']} s",
@@ -189,6 +194,19 @@ def bench(config: ConfigOption = None,
               for row in data["renewal"]]
     if "takeover_s" in data:
         lines.append(f"takeover {data['takeover_s']} s after the holder died")
+    for who, wire in data["wire"].items():
+        lines.append(f"{who} over the virtlockd protocol: REGISTER+ACQUIRE p50 {wire['register_acquire_ms']['p50']}"
+                     f" ms p99 {wire['register_acquire_ms']['p99']} ms; RELEASE p50 {wire['release_ms']['p50']} ms"
+                     f" p99 {wire['release_ms']['p99']} ms"
+                     + (f"; daemon RSS {wire['daemon_rss_mib']} MiB" if "daemon_rss_mib" in wire else ""))
+    if "sanlock" in data:
+        san = data["sanlock"]
+        lines.append(f"sanlock (io_timeout {san['io_timeout_s']} s): add_lockspace {san['add_lockspace_s']} s; "
+                     f"acquire p50 {san['acquire_ms']['p50']} ms p99 {san['acquire_ms']['p99']} ms; release p50 "
+                     f"{san['release_ms']['p50']} ms p99 {san['release_ms']['p99']} ms; daemon RSS "
+                     f"{san['daemon_rss_mib']} MiB"
+                     + (f"; takeover {san['takeover_s']} s after the holder died" if "takeover_s" in san else ""))
+        lines.append("ratios lockd / baseline: " + ", ".join(f"{k} {v}" for k, v in data["ratios"].items()))
     _emit(data, as_json, "\n".join(lines))
 
 

@@ -17,9 +17,12 @@ Config (TOML)::
     hvstore_config = "/etc/hvstore/hvstore.toml"
 
     [store]
-    type = "file"                     # or "rados"
+    type = "file"                     # or "rados", "gluster", "iscsi"
     path = "/var/lib/lockd/leases"    # file: the (shared) directory
     # rados: conf = "...", pool = "...", keyring = "...", user = "admin", namespace = "lockd"
+    # gluster: volume = "...", server = "127.0.0.1", port = 24007, root = "/lockd", lock_timeout_s = 2.0
+    # iscsi: portal = "HOST:PORT", target = "IQN", initiator = "this host's IQN", lun = 1,
+    #        chap_user/chap_password, slot_bytes = 8192, lock_timeout_s = 2.0
 
 Admin API: a UNIX stream socket, mode 0600, peers checked with SO_PEERCRED (root or our own uid). One JSON
 request per line, one JSON answer per line: ``{"op": "status"}`` -> ``{"ok": true, "result": ...}`` or
@@ -52,6 +55,8 @@ from lockd.lease import LeaseTiming, Mode
 from lockd.manager import LeaseManager, ManagerConfig
 from lockd.stores.base import LeaseStore
 from lockd.stores.file import FileLeaseStore
+from lockd.stores.gluster import GlusterLeaseStore, GlusterStoreConfig
+from lockd.stores.iscsi import IscsiLeaseStore, IscsiStoreConfig
 from lockd.stores.rados import RadosLeaseStore, RadosStoreConfig
 from lockd.watchdog import ensure_running as ensure_watchdog
 
@@ -91,7 +96,7 @@ class DaemonConfig:
         if self.fencer == "none":
             return NoFencer()
         if self.fencer == "hvstore":
-            return BackendFencer(self.hvstore_config or None)
+            return BackendFencer(self.hvstore_config or None, keep_host=self.host_id)
         raise ConfigError(f"fencer must be 'none' or 'hvstore', not {self.fencer!r}")
 
     def open_store(self) -> LeaseStore:
@@ -103,9 +108,13 @@ class DaemonConfig:
                 return FileLeaseStore(table.pop("path"))
             if kind == "rados":
                 return RadosLeaseStore(RadosStoreConfig(**table))
-        except (KeyError, TypeError) as exc:
+            if kind == "gluster":
+                return GlusterLeaseStore(GlusterStoreConfig(**table))
+            if kind == "iscsi":
+                return IscsiLeaseStore(IscsiStoreConfig(**table))
+        except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"[store] of type {kind!r}: {exc}") from None
-        raise ConfigError(f"[store] type must be 'file' or 'rados', not {kind!r}")
+        raise ConfigError(f"[store] type must be 'file', 'rados', 'gluster' or 'iscsi', not {kind!r}")
 
 
 def load_config(path: str | Path, **overrides: Any) -> DaemonConfig:
@@ -257,7 +266,14 @@ def prometheus_text(status: dict[str, Any]) -> str:
 
 
 async def serve(config: DaemonConfig) -> None:
-    """Run lockd until SIGTERM/SIGINT. Leases and owners survive the stop."""
+    """Run lockd until SIGTERM/SIGINT. Leases and owners survive the stop.
+
+    The virtlockd-protocol socket is the one systemd passed (socket activation, ``systemd/lockd.socket``:
+    LISTEN_FDS, preferring the fd named ``virtlockd.socket``/``lockd.socket``), else ``virtlockd_socket``
+    bound here, else none."""
+    from lockd.rpc.server import systemd_listen_socket
+
+    activated = systemd_listen_socket()  # first: nothing we start may inherit the passed fds
     manager = LeaseManager(config.manager_config(), config.open_store(), config.open_fencer())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -269,14 +285,19 @@ async def serve(config: DaemonConfig) -> None:
     admin = AdminServer(manager, config.admin_socket)
     await admin.start()
     rpc = None
-    if config.virtlockd_socket:
+    if activated is not None or config.virtlockd_socket:
         from lockd.rpc.server import RpcServer
         from lockd.service import VirtlockdService
 
-        rpc = RpcServer.bind(config.virtlockd_socket, VirtlockdService(manager, lease_root=config.lease_root))
+        service = VirtlockdService(manager, lease_root=config.lease_root)
+        if activated is not None:
+            rpc = RpcServer(activated, service)
+        else:
+            rpc = RpcServer.bind(config.virtlockd_socket, service)
         await rpc.start()
+    where = "socket passed by systemd" if activated is not None else config.virtlockd_socket
     log.info("lockd %s serving: store %s, admin socket %s%s", config.host_id, manager.store.describe,
-             config.admin_socket, f", virtlockd socket {config.virtlockd_socket}" if rpc else "")
+             config.admin_socket, f", virtlockd protocol on {where}" if rpc else "")
     try:
         async with asyncio.TaskGroup() as tg:
             manager.run(tg)

@@ -3,7 +3,8 @@
 QEMU opens the disk with its own storage client, so cutting off the dead host's *lockd* (the lease store's
 ``fence_client``) stops none of its VMs. Data-path fencing belongs to the volume's backend (the hvstore
 ``fence`` verb: RBD blocklists the dead host's watchers of the image header, iSCSI removes its initiators
-from the ACL); lockd calls it through this small ``Fencer`` protocol, so lockd does not depend on how.
+from the ACL, DRBD outdates the dead node); lockd calls it through this small ``Fencer`` protocol, so lockd
+does not depend on how.
 
 ``NoFencer`` is what the file store (and any store without data-path fencing) uses: it fences nothing and
 says so; the taker then relies on the holder's self-fence, which the liveness rule (a full TTL of
@@ -32,11 +33,13 @@ class LeaseRef:
 @dataclass(frozen=True)
 class FenceResult:
     """``done``: the dead host can no longer write to the lease's volume (or, with method 'none', nothing
-    could be done and the caller relies on self-fence). ``detail`` is one line for the log."""
+    could be done and the caller relies on self-fence). ``detail`` is one line for the log; ``fenced`` the
+    clients/initiators/nodes cut off."""
 
     done: bool
     method: str
     detail: str
+    fenced: tuple[str, ...] = ()
 
 
 class Fencer(Protocol):
@@ -58,47 +61,42 @@ class BackendFencer:
     """Data-path fencing through the hvstore volume backend of the lease's store.
 
     A lease's lockspace ``hvstore-<store>`` names the store in hvstore.toml and its key the volume
-    (``Backend.lease``). A backend that can fence (RBD: ``watchers``/``identify_watchers``/
-    ``fence_watchers``) blocklists the clients of the dead host's cephx identity (``client.<host>``) that
-    have the image open, and returns once every OSD enforces it; every other watcher, the acquirer's new
-    QEMU included, is left alone. Other backends, and lockspaces that name no store, fence nothing: the
-    taker then relies on the holder's self-fence (result method 'none').
+    (``Backend.lease``); ``fence`` calls that backend's ``fence(volume, dead_host=host, keep_host=<this
+    host>)``, whatever the backend (RBD blocklists the dead host's watchers, iSCSI removes its initiators
+    from the ACL, DRBD outdates the dead node; each returns once it is in force and never touches the
+    keeper's clients). A backend without fencing (its capability table says why) and lockspaces that name
+    no store fence nothing: the taker then relies on the holder's self-fence (result method 'none').
     """
 
     LOCKSPACE_PREFIX = "hvstore-"
 
-    def __init__(self, hvstore_config: str | None = None) -> None:
+    def __init__(self, hvstore_config: str | None = None, *, keep_host: str | None = None) -> None:
         self.hvstore_config = hvstore_config
+        self.keep_host = keep_host
         self._backends: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def fence(self, host: str, lease: LeaseRef) -> FenceResult:
-        from hvstore.errors import HvstoreError, NotFound
+        from hvstore.errors import HvstoreError, NotFound, Unsupported
 
         if not lease.lockspace.startswith(self.LOCKSPACE_PREFIX):
             return NoFencer().fence(host, lease)
         store = lease.lockspace.removeprefix(self.LOCKSPACE_PREFIX)
+        volume = f"{store}/{lease.key}"
         try:
             with self._lock:
-                backend = self._backend(store)
-                if not hasattr(backend, "fence_watchers"):
-                    return FenceResult(True, "none", f"store {store} ({backend.kind}) has no data-path fencing: "
-                                                     f"relying on {host}'s self-fence within the TTL")
-                try:
-                    watchers = backend.identify_watchers(backend.watchers(lease.key))
-                except NotFound:
-                    return FenceResult(True, "rbd-blocklist", f"{store}/{lease.key} does not exist: nothing to fence")
-                victims = [w for w in watchers if w.entity == f"client.{host}"]
-                unknown = sum(1 for w in watchers if w.entity is None)
-                if victims:
-                    backend.fence_watchers(lease.key, victims)
+                result = self._backend(store).fence(lease.key, dead_host=host, keep_host=self.keep_host)
+        except Unsupported as exc:
+            return FenceResult(True, "none", f"{exc}: relying on {host}'s self-fence within the TTL")
+        except NotFound:
+            return FenceResult(True, "none", f"{volume} does not exist: nothing to fence")
         except HvstoreError as exc:
-            return FenceResult(False, "rbd-blocklist", f"{store}/{lease.key}: {exc}")
-        note = f"; {unknown} watcher(s) of unknown identity left alone" if unknown else ""
-        if not victims:
-            return FenceResult(True, "rbd-blocklist", f"no client of {host} has {store}/{lease.key} open{note}")
-        return FenceResult(True, "rbd-blocklist", f"blocklisted {', '.join(w.addr for w in victims)} "
-                                                  f"(client.{host}) on {store}/{lease.key}{note}")
+            return FenceResult(False, "backend", f"fencing {host} off {volume}: {exc}")
+        note = f"; {result.note}" if result.note else ""
+        if not result.fenced:
+            return FenceResult(True, result.method, f"no client of {host} has {volume} open{note}")
+        return FenceResult(True, result.method, f"{result.method}: cut {', '.join(result.fenced)} of {host} off "
+                                                f"{volume} in {result.seconds:.3f} s{note}", result.fenced)
 
     def close(self) -> None:
         with self._lock:

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from hvstore.errors import ConfigError, NotFound, Unsupported
-from hvstore.model import Capabilities, Feature, LeaseSpec, LibvirtSecret, SnapshotInfo, VolumeInfo
+from hvstore.model import Capabilities, Feature, FenceResult, LeaseSpec, LibvirtSecret, SnapshotInfo, VolumeInfo
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, secret: bool = False) -> Any:
@@ -221,6 +221,13 @@ class Backend(ABC, Generic[C]):
     def lease(self, name: str) -> LeaseSpec:
         """What lockd locks for this volume: one lockspace per store, the volume name as key."""
         return LeaseSpec(lockspace=f"hvstore-{self.store}", key=name)
+
+    def fence(self, name: str, *, dead_host: str, keep_host: str | None = None) -> FenceResult:
+        """Cut ``dead_host`` off volume ``name``'s data path (its QEMUs' own storage clients) and return
+        once that is in force. Never touches ``keep_host``'s clients (the acquirer: libvirt opens the
+        image before it asks for the lease). Idempotent: a second call finds nothing left to cut off.
+        lockd calls it before it takes over a dead host's lease."""
+        raise self.unsupported(Feature.FENCING, "fence")
 
     def pool_xml(self) -> str:
         raise self.unsupported(Feature.LIBVIRT_POOL, "describe a libvirt pool")

@@ -25,6 +25,10 @@ libvirt *on the primary node* would use; this host's QEMU cannot open it (the la
 
 Fencing: demote the peer and mark its disk Outdated (``fence_peer``), so it can never be promoted with
 stale data; a peer that is gone is fenced by the survivor staying connected-less Primary.
+``fence(name, dead_host=NODE)`` (the backend verb lockd calls; lockd host ids are the node names) does
+that with the other node as survivor. If the dead node cannot demote (unreachable, or its device is held
+open by a writer), the survivor disconnects instead (StandAlone): the dead node's writes then reach only
+its own copy, never the survivor's, and a later reconnect is a split brain that ``info`` reports.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Any
 from hvstore.backends.base import Backend, BlockIO, StoreConfig, option
 from hvstore.backends.drbd_nodes import AgentExecutor, LocalExecutor, NodeExecutor
 from hvstore.errors import AlreadyExists, BackendUnavailable, Busy, InvalidArgument, ToolFailed
-from hvstore.model import Capabilities, Feature, VolumeInfo, no, yes
+from hvstore.model import Capabilities, Feature, FenceResult, VolumeInfo, no, yes
 from hvstore.tools import drbd_conf, drbd_status
 from hvstore.tools.drbd_conf import Node, Resource, SplitBrainPolicy
 from hvstore.tools.drbd_status import ResourceState
@@ -281,6 +285,35 @@ class DrbdBackend(Backend[DrbdConfig]):
                 executor.run(drbd_conf.adm("secondary", resource.name))
                 executor.run(drbd_conf.adm("disconnect", resource.name))
                 executor.run(drbd_conf.adm("outdate", resource.name))
+
+    def fence(self, name: str, *, dead_host: str, keep_host: str | None = None) -> FenceResult:
+        """Outdate and demote node ``dead_host`` with the other node as survivor (``fence_peer``). A host
+        that is not a node of this store has no path to the volume: nothing to do (method "none")."""
+        if dead_host not in self.nodes:
+            return FenceResult("none", note=f"{dead_host} is not a DRBD node of store {self.store}")
+        if keep_host == dead_host:
+            raise InvalidArgument(f"refusing to fence {dead_host} while keeping it")
+        survivor = next(node for node in self.nodes if node != dead_host)
+        started = time.monotonic()
+        resource = self._resource(name)
+        state = self._state(resource, survivor)
+        if state.connection == "StandAlone" and state.disk == "UpToDate":
+            return FenceResult("outdate peer", (), round(time.monotonic() - started, 3),
+                               f"{survivor} is already cut off from {dead_host} (StandAlone)")
+        try:
+            self.fence_peer(name, survivor=survivor)
+            note = f"{dead_host} demoted and Outdated; {survivor} keeps the volume"
+        except (ToolFailed, BackendUnavailable) as exc:
+            if state.disk != "UpToDate":
+                raise
+            # The dead node cannot be demoted (gone, or a writer holds its device): cut the link from the
+            # survivor's side, so nothing it writes reaches the survivor's copy.
+            self.nodes[survivor].run(drbd_conf.adm("disconnect", resource.name), check=False)
+            if self._state(resource, survivor).connection != "StandAlone":
+                raise Busy(f"volume {self.store}/{name}: cannot fence {dead_host} ({exc}) and {survivor} "
+                           "did not disconnect") from None
+            note = f"{dead_host} could not be demoted ({_last_line(str(exc))}); {survivor} disconnected"
+        return FenceResult("outdate peer", (dead_host,), round(time.monotonic() - started, 3), note)
 
     def unfence_peer(self, name: str) -> None:
         """Reconnect a fenced peer; it resyncs from the survivor and becomes UpToDate again."""

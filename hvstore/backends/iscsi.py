@@ -23,9 +23,12 @@ online resize gave MEDIUM ERRORs under load, and a target set offline drops comm
 safe quiesce is "nobody logged in, new logins refused"). Snapshots are full copies (reflinks where the
 file system can), not copy-on-write.
 
-Fencing: ``fence(name, initiator)`` removes the initiator from the target's ACL and closes its sessions;
-its next command fails after bounded re-login attempts (measured 6-11 ms to cut, ~1 s to fail). PR
-helpers for lockd are in ``protocols.libiscsi`` (QEMU never registers a PR key, so PR cannot fence QEMU).
+Fencing: ``fence_initiator(name, initiator)`` removes the initiator from the target's ACL and closes its
+sessions; its next command fails after bounded re-login attempts (measured 6-11 ms to cut, ~1 s to fail).
+Initiator names tie VMs to hosts: ``initiator_for(host, vm)`` is ``<iqn_prefix>:<host>.<vm>`` (or
+``<iqn_prefix>:<host>``), so host names used here cannot contain ``.``; ``fence(name, dead_host=...)`` (the
+backend verb lockd calls) cuts off every initiator of that scheme naming the dead host, and nothing else.
+PR helpers for lockd are in ``protocols.libiscsi`` (QEMU never registers a PR key, so PR cannot fence QEMU).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import datetime
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -43,8 +47,8 @@ from xml.sax.saxutils import escape
 
 from hvstore.backends.base import Backend, BlockIO, StoreConfig, option
 from hvstore.backends.tgtd import Tgtd
-from hvstore.errors import AlreadyExists, BackendUnavailable
-from hvstore.model import Capabilities, Feature, SnapshotInfo, VolumeInfo, no, yes
+from hvstore.errors import AlreadyExists, BackendUnavailable, InvalidArgument
+from hvstore.model import Capabilities, Feature, FenceResult, SnapshotInfo, VolumeInfo, no, yes
 from hvstore.protocols.libiscsi import Chap, IscsiBlockIO, IscsiSession, Target
 from hvstore.run import run
 from hvstore.tools.tgtadm import TargetInfo
@@ -263,9 +267,26 @@ class IscsiBackend(Backend[IscsiConfig]):
         return self.info(new_name)
 
     # -- access control and fencing -----------------------------------------------------------------
-    def initiator_for(self, host: str) -> str:
-        """The initiator IQN of ``host`` (a host or VM name, or an IQN already)."""
-        return host if host.startswith(("iqn.", "eui.", "naa.")) else f"{self.config.iqn_prefix}:{host}"
+    def initiator_for(self, host: str, vm: str | None = None) -> str:
+        """The initiator IQN ``<iqn_prefix>:<host>.<vm>`` (``<iqn_prefix>:<host>`` without ``vm``).
+
+        ``host`` may also be ``HOST.VM`` or an IQN already (returned as is). The host is everything before
+        the first ``.``, which is how ``fence`` finds a dead host's initiators (``host_of``)."""
+        if host.startswith(("iqn.", "eui.", "naa.")):
+            return host
+        if vm is not None:
+            if "." in host:
+                raise InvalidArgument(f"host name {host!r} for an iSCSI initiator cannot contain '.'")
+            host = f"{host}.{vm}"
+        return f"{self.config.iqn_prefix}:{host}"
+
+    def host_of(self, initiator: str) -> str | None:
+        """The host an initiator IQN of the ``initiator_for`` scheme belongs to; None for other IQNs
+        (hvstore's own ``initiator``, QEMU's default, foreign names)."""
+        prefix = f"{self.config.iqn_prefix}:"
+        if not initiator.startswith(prefix) or initiator == self.config.initiator:
+            return None
+        return initiator.removeprefix(prefix).split(".", 1)[0] or None
 
     def allow(self, name: str, initiator: str) -> None:
         """Admit ``initiator`` (IQN) to the volume's target; idempotent, remembered across tgtd restarts."""
@@ -277,7 +298,25 @@ class IscsiBackend(Backend[IscsiConfig]):
                 entry["initiators"].append(initiator)
                 self._save(state)
 
-    def fence(self, name: str, initiator: str) -> list[int]:
+    def fence(self, name: str, *, dead_host: str, keep_host: str | None = None) -> FenceResult:
+        """Cut every initiator of ``dead_host`` (``host_of``) off the volume: out of the ACL, sessions
+        closed; in force when tgtadm returns. ``keep_host``'s initiators, hvstore's own and foreign ones
+        are left alone. An initiator listed in the store-wide ``allowed_initiators`` comes back when tgtd
+        restarts (``reapply``): per-VM initiators belong in the volume's ACL (``allow``)."""
+        if "." in dead_host or dead_host == keep_host:
+            raise InvalidArgument(f"cannot fence host {dead_host!r} on iSCSI: a host name without '.' that "
+                                  "is not the host kept is needed")
+        started = time.monotonic()
+        target = self.tgtd.get(self._iqn(name), self._what(name))
+        candidates = [*self._acl(self._entry(self._load(), name)), *(s.initiator for s in target.sessions)]
+        victims = [i for i in dict.fromkeys(candidates) if self.host_of(i) == dead_host]
+        closed = 0
+        for initiator in victims:
+            closed += len(self.fence_initiator(name, initiator))
+        note = f"{closed} session(s) closed" if victims else ""
+        return FenceResult("acl removal", tuple(victims), round(time.monotonic() - started, 3), note)
+
+    def fence_initiator(self, name: str, initiator: str) -> list[int]:
         """Cut ``initiator`` off the volume: drop it from the ACL, then close its sessions (ids returned).
 
         Idempotent. The initiator's next command fails once its bounded re-logins are refused.
@@ -333,12 +372,13 @@ class IscsiBackend(Backend[IscsiConfig]):
     def qemu_format(self, name: str) -> str:
         return "raw"
 
-    def disk_xml(self, name: str, *, target: str = "vda", host: str | None = None) -> str:
-        """A network ``<disk>``; ``host`` (VM or host name, or an IQN) becomes the initiator IQN QEMU
-        logs in as, which must be allowed (``allow``) and is what ``fence`` cuts off."""
+    def disk_xml(self, name: str, *, target: str = "vda", host: str | None = None, vm: str | None = None) -> str:
+        """A network ``<disk>``; ``host`` (and ``vm``: ``initiator_for``) becomes the initiator IQN QEMU
+        logs in as, which must be allowed (``allow``) and is what ``fence(dead_host=host)`` cuts off."""
         self._entry(self._load(), name)
         address, _, port = self.config.portal.rpartition(":")
-        initiator = f"<initiator><iqn name={_attr(self.initiator_for(host))}/></initiator>" if host else ""
+        iqn = self.initiator_for(host, vm) if host else ""
+        initiator = f"<initiator><iqn name={_attr(iqn)}/></initiator>" if host else ""
         auth = self._auth_xml()
         return (
             "<disk type='network' device='disk'>"

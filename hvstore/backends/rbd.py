@@ -14,12 +14,14 @@
 - Fencing: a host's QEMU is cut off an image by blocklisting the image's watchers. ``watchers`` lists
   them, ``identify_watchers`` maps each to its cephx entity through the monitors' session lists (with one
   cephx user per host, ``client.hostb`` names the host), ``fence_watchers`` blocklists them and waits
-  until every up OSD applied that osdmap and the watches are gone. lockd decides when.
+  until every up OSD applied that osdmap and the watches are gone. ``fence(name, dead_host=...)`` (the
+  backend verb lockd calls) does all three for the watchers of ``client.<dead_host>`` only.
 - Cannot: shrink without ``shrink=True``; rename or roll back an image a client has open (Busy).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -45,7 +47,7 @@ from hvstore.errors import (
     InvalidArgument,
     NotFound,
 )
-from hvstore.model import Capabilities, Feature, SnapshotInfo, VolumeInfo, yes
+from hvstore.model import Capabilities, Feature, FenceResult, LibvirtSecret, SnapshotInfo, VolumeInfo, yes
 from hvstore.tools.ceph import conf_value, parse_mon_host, qemu_rbd_spec
 
 DEFAULT_FEATURES = "layering,exclusive-lock,object-map,fast-diff,deep-flatten"
@@ -320,6 +322,24 @@ class RbdBackend(Backend[RbdConfig]):
         ET.SubElement(disk, "target", dev=target, bus="virtio")
         return ET.tostring(disk, encoding="unicode")
 
+    def libvirt_secrets(self, *, host: str | None = None) -> list[LibvirtSecret]:
+        """The ceph secret ``disk_xml(host=host)`` names: the identity's cephx key, read from its keyring
+        (libvirt wants the raw key bytes; keyrings hold them base64-encoded)."""
+        user, keyring = self._identity(host)
+        path = keyring or self._conf_keyring(user)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"store {self.store!r}: cannot read keyring {path}: {exc.strerror}") from None
+        encoded = conf_value(text, "key", section=f"client.{user}")
+        if not encoded:
+            raise ConfigError(f"store {self.store!r}: keyring {path} has no key for client.{user}")
+        try:
+            value = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            raise ConfigError(f"store {self.store!r}: the key of client.{user} in {path} is not base64") from None
+        return [LibvirtSecret(usage_type="ceph", usage_id=self.secret_usage(user), value=value)]
+
     def pool_xml(self) -> str:
         pool = ET.Element("pool", type="rbd")
         ET.SubElement(pool, "name").text = f"hvstore-{self.store}"
@@ -348,6 +368,22 @@ class RbdBackend(Backend[RbdConfig]):
         return parse_mon_host(mon_host)
 
     # -- fencing (used by lockd and by delete --force) -----------------------------------------------
+    def fence(self, name: str, *, dead_host: str, keep_host: str | None = None) -> FenceResult:
+        """Blocklist the image's watchers whose cephx entity is ``client.<dead_host>`` (one cephx user per
+        host) and return once every up OSD enforces it. Watchers of any other entity (``keep_host``'s new
+        QEMU, unidentified ones) are left alone: blocklisting them would cut off a live VM."""
+        if keep_host == dead_host:
+            raise InvalidArgument(f"refusing to fence {dead_host} while keeping it")
+        started = time.monotonic()
+        watchers = self.identify_watchers(self.watchers(name))
+        victims = [w for w in watchers if w.entity == f"client.{dead_host}"]
+        unknown = sum(1 for w in watchers if w.entity is None)
+        if victims:
+            self.fence_watchers(name, victims)
+        note = f"{unknown} watcher(s) of unknown identity left alone" if unknown else ""
+        return FenceResult("blocklist watchers", tuple(w.addr for w in victims),
+                           round(time.monotonic() - started, 3), note)
+
     def watchers(self, name: str) -> list[Watcher]:
         """Clients that have the image open (one watch on its header per open image)."""
         with self._errors(name), self._image(name, read_only=True) as image:
@@ -499,6 +535,17 @@ class RbdBackend(Backend[RbdConfig]):
             if not Path(keyring).is_file():
                 raise NotFound(f"store {self.store!r} has no cephx identity for host {host!r} ({keyring})")
         return host, keyring
+
+    def _conf_keyring(self, user: str) -> str:
+        """The keyring ceph.conf names for ``client.<user>`` (its own section, then [client], [global])."""
+        try:
+            conf = Path(self.config.conf).read_text()
+        except OSError as exc:
+            raise ConfigError(f"store {self.store!r}: cannot read {self.config.conf}: {exc.strerror}") from None
+        for section in (f"client.{user}", "client", "global"):
+            if path := conf_value(conf, "keyring", section=section):
+                return path.replace("$name", f"client.{user}").replace("$cluster", "ceph")
+        raise ConfigError(f"store {self.store!r}: no keyring for client.{user}: set 'keyring'")
 
     def _mon_text(self) -> str:
         try:

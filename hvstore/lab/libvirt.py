@@ -85,17 +85,20 @@ class LibvirtService(LabService):
             LockdService(self.lab).start()
         self._write_config(lock_manager)
         for leftover in ("libvirt-sock", "libvirt-sock-ro", "libvirt-admin-sock", "virtlogd-sock",
-                         "virtlogd-admin-sock", "libvirtd.pid", "virtlogd.pid"):
+                         "virtlogd-admin-sock", "libvirtd.pid", "virtlogd.pid", "virtlockd.pid"):
             (self.dir / "run" / leftover).unlink(missing_ok=True)
-        if lock_manager == "virtlockd":
+        if lock_manager == "virtlockd":  # the socket is virtlockd's now: the lab's lockd must not serve it
+            self.lab.stop("lockd")
             (self.dir / "run" / "virtlockd-sock").unlink(missing_ok=True)
         argv = [sys.executable, "-m", "hvstore.lab.nsexec"]
         for sub, target in BIND_DIRS.items():
             argv += ["--bind", f"{self.dir / sub}:{target}"]
-        argv += ["--pre", json.dumps(["virtlogd", "-d"])]
+        # Pid files inside the lab's /run/libvirt: their default (/run/*.pid) is shared with the host's
+        # libvirt and with any other lab on this machine, and a second virtlogd would refuse to start.
+        argv += ["--pre", json.dumps(["virtlogd", "-d", "-p", "/run/libvirt/virtlogd.pid"])]
         if lock_manager == "virtlockd":
-            argv += ["--pre", json.dumps(["virtlockd", "-d"])]
-        argv += ["--", "libvirtd"]
+            argv += ["--pre", json.dumps(["virtlockd", "-d", "-p", "/run/libvirt/virtlockd.pid"])]
+        argv += ["--", "libvirtd", "-p", "/run/libvirt/libvirtd.pid"]
         self.lab.spawn("libvirtd", argv)
         wait_until(lambda: self.health()[0], timeout_s=60, what="libvirtd",
                    log=lambda: self.lab.log_tail("libvirtd"))

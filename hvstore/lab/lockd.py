@@ -62,7 +62,7 @@ class LockdService(LabService):
         ceph = self.lab.root / "ceph"
         if (ceph / "bootstrapped").exists():
             store: dict[str, Any] = {"type": "rados", "conf": str(ceph / "ceph.conf"), "pool": "hvstore",
-                                     "keyring": str(ceph / "ceph.client.admin.keyring"), "user": "admin",
+                                     "keyring": str(ceph / "keyrings" / "ceph.client.admin.keyring"), "user": "admin",
                                      "namespace": "lockd"}
         else:
             store = {"type": "file", "path": str(self.dir / "leases")}

@@ -188,7 +188,7 @@ def test_fence_cuts_a_logged_in_initiator_off(backend, volume):
     backend.allow(volume, vm)
     with session(backend, volume, vm) as s:
         s.write_blocks(0, pattern("before", 4096))
-        closed = backend.fence(volume, vm)
+        closed = backend.fence_initiator(volume, vm)
         assert len(closed) == 1
         with pytest.raises(IscsiConnectionLost):  # bounded re-logins are refused: fails, does not hang
             s.write_blocks(0, pattern("after", 4096))

@@ -1,6 +1,8 @@
 """Real ``lockd serve`` processes (two or three host ids on this machine) sharing one lease store.
 
-Run against the file store (a temporary directory) and RADOS (the lab's Ceph, a namespace per test).
+Run against the file store (a temporary directory), RADOS (the lab's Ceph, a namespace per test), Gluster
+(the lab's replica-3 volume through libgfapi, a directory per test) and iSCSI (a fresh LUN on the lab's tgtd,
+one initiator per host).
 Short timing (TTL 3 s, renew every 0.5 s, margin 1 s) keeps each test to seconds. Waits are bounded
 polls; the only time bounds asserted are the algorithm's own (a takeover never earlier than the holder's
 TTL allows, and within TTL + one renew interval + the polling slack).
@@ -26,7 +28,13 @@ import pytest
 
 from lockd.cli import request
 from lockd.errors import LeaseHeld, LockdError, StoreUnavailable
-from tests.integration.lockd.test_lease_store_contract import rados_config
+from tests.integration.conftest import lab_store
+from tests.integration.lockd.test_lease_store_contract import (  # noqa: F401 - lease_lun is a fixture
+    gluster_config,
+    iscsi_config,
+    lease_lun,
+    rados_config,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 TTL_S, RENEW_S, MARGIN_S = 3.0, 0.5, 1.0
@@ -49,7 +57,8 @@ class Host:
                  'lease_root = "/var/lib/libvirt/lockd"', f'lockspaces = ["{LS}"]']
         lines += [f"{k} = {json.dumps(v)}" for k, v in (settings or {}).items()]
         lines += ["", "[store]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in store_table.items()]
+        lines += [f"{k} = {json.dumps(v.replace('{host}', name) if isinstance(v, str) else v)}"
+                  for k, v in store_table.items() if k != "lun_volume"]  # {host}: a per-host value
         self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -98,12 +107,27 @@ def wait_for(check: Callable[[], bool], *, what: str, timeout_s: float) -> float
     return time.monotonic() - started
 
 
-@pytest.fixture(params=["file", "rados"])
-def store_table(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+@pytest.fixture(params=["file", "rados", "gluster", "iscsi"])
+def store_table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
     if request.param == "file":
-        return {"type": "file", "path": str(tmp_path / "store")}
+        yield {"type": "file", "path": str(tmp_path / "store")}
+        return
+    if request.param == "iscsi":
+        lun = request.getfixturevalue("lease_lun")
+        configs = {host: iscsi_config(lun, host) for host in ("hosta", "hostb", "hostc")}
+        yield {"type": "iscsi", "portal": configs["hosta"].portal, "target": configs["hosta"].target,
+               "initiator": configs["hosta"].initiator.replace("hosta", "{host}"), "lock_timeout_s": 0.3,
+               "lun_volume": lun[1]}
+        return
+    if request.param == "gluster":
+        gcfg = gluster_config(request.getfixturevalue("lab"))
+        yield {"type": "gluster", "volume": gcfg.volume, "server": gcfg.server, "port": gcfg.port,
+               "root": gcfg.root}
+        fuse = lab_store(request.getfixturevalue("lab"), "gluster").config.fuse_mount  # type: ignore[attr-defined]
+        shutil.rmtree(Path(fuse) / gcfg.root.lstrip("/"), ignore_errors=True)
+        return
     cfg = rados_config(request.getfixturevalue("lab"))
-    return {"type": "rados", "conf": cfg.conf, "pool": cfg.pool, "keyring": cfg.keyring, "user": cfg.user,
+    yield {"type": "rados", "conf": cfg.conf, "pool": cfg.pool, "keyring": cfg.keyring, "user": cfg.user,
             "namespace": f"lockd-it-{uuid.uuid4().hex[:8]}"}
 
 
@@ -241,11 +265,13 @@ def test_restart_keeps_leases_and_owners(cluster: dict[str, Host], owner: Callab
 
 def test_holder_cut_off_from_the_store_kills_its_owner_before_the_ttl(cluster: dict[str, Host],
                                                                       store_table: dict[str, Any],
-                                                                      owner: Callable) -> None:
+                                                                      owner: Callable,
+                                                                      request: pytest.FixtureRequest) -> None:
     a = cluster["hosta"]
     pa = owner()
     a.acquire(pa)
-    with CutOff(a, store_table):
+    lun = request.getfixturevalue("lease_lun") if store_table["type"] == "iscsi" else None
+    with CutOff(a, store_table, lun):
         cut_at = time.monotonic()
         wait_for(lambda: pa.poll() is not None, what="hosta to self-fence its owner", timeout_s=TTL_S + SLACK_S)
         died_s = time.monotonic() - cut_at
@@ -279,15 +305,24 @@ class CutOff:
     deadline passes), or blocklist the host's RADOS client (its next operation fails with ESHUTDOWN, which
     lockd treats as being fenced)."""
 
-    def __init__(self, host: Host, store_table: dict[str, Any]) -> None:
+    def __init__(self, host: Host, store_table: dict[str, Any], lun: Any = None) -> None:
         self.host, self.table = host, store_table
         self.fd = -1
+        self.gluster_file: Any = None
+        self.initiator = store_table.get("initiator", "").replace("{host}", host.name)
+        self.lun = lun
 
     def __enter__(self) -> None:
         if self.table["type"] == "file":
             lock = Path(self.table["path"]) / LS / ".lock"
             self.fd = os.open(lock, os.O_RDWR)
             fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        elif self.table["type"] == "iscsi":  # out of the LUN's ACL, session closed
+            backend, _ = self.lun
+            backend.fence_initiator(self.table["lun_volume"], self.initiator)
+        elif self.table["type"] == "gluster":  # hold the lockspace's heartbeat file locked: renewals time out
+            self.gluster_file = _gluster_heartbeats(self.table)
+            self.gluster_file.lock(exclusive=True, wait=True)
         else:
             beat_client = _own_client(self.host, self.table)
             subprocess.run(["ceph", "-c", self.table["conf"], "--keyring", self.table["keyring"],
@@ -296,6 +331,18 @@ class CutOff:
     def __exit__(self, *exc: object) -> None:
         if self.fd >= 0:
             os.close(self.fd)
+        if self.gluster_file is not None:
+            self.gluster_file.close()  # drops the lock
+        if self.table["type"] == "iscsi":
+            backend, _ = self.lun
+            backend.allow(self.table["lun_volume"], self.initiator)
+
+
+def _gluster_heartbeats(table: dict[str, Any]) -> Any:
+    from hvstore.protocols import gfapi
+
+    mount = gfapi.mount(table["volume"], server=table["server"], port=table["port"])
+    return mount.open(f"{table['root']}/{LS}/heartbeats.json", os.O_RDWR)
 
 
 def _own_client(host: Host, table: dict[str, Any]) -> str:
@@ -328,6 +375,13 @@ def freeze(host: Host, store_table: dict[str, Any]) -> None:
     file store), which is not what this test is about."""
     for _ in range(100):
         host.signal(signal.SIGSTOP)
+        if store_table["type"] == "gluster":
+            with _gluster_heartbeats(store_table) as probe:
+                if not probe.lock_conflicts(exclusive=True):
+                    return
+            host.signal(signal.SIGCONT)
+            time.sleep(0.01)
+            continue
         if store_table["type"] != "file":
             return
         fd = os.open(Path(store_table["path"]) / LS / ".lock", os.O_RDWR)

@@ -4,7 +4,9 @@ Every owner is a writer process that appends its fencing token to one log file (
 from the moment its lease is granted until it dies. Each cycle grants the lease somewhere, lets the
 owner write, then hits its host with a random fault: kill -9 of lockd (restarted later), SIGSTOP of
 lockd (SIGCONT later), a graceful restart (the lease must survive) followed by the owner's exit, the
-owner's exit alone, or the store cut off (file: its lock held; RADOS: lockd's client blocklisted).
+owner's exit alone, or the store cut off (file: its lock held; RADOS: lockd's client blocklisted; Gluster:
+the lockspace's heartbeat file locked from another client; iSCSI: the host's initiator out of the lease LUN's
+ACL, its session closed).
 Other hosts keep asking for the lease meanwhile. At the end, the log must show the tokens in
 non-decreasing order: no owner ever wrote after a later owner had started, so no two owners held the
 lease at once. Faults that freeze a whole host (lockd, watchdog and owner together) need data-path
@@ -33,9 +35,10 @@ from typing import Any
 import pytest
 
 from lockd.errors import LockdError
-from tests.integration.lockd.test_daemons import LS, Host, _own_client, freeze, store_table
+from tests.integration.lockd.test_daemons import LS, Host, _gluster_heartbeats, _own_client, freeze, store_table
+from tests.integration.lockd.test_lease_store_contract import lease_lun
 
-__all__ = ["store_table"]  # the fixture, re-used: file and rados
+__all__ = ["lease_lun", "store_table"]  # the fixtures, re-used: file, rados, gluster, iscsi
 
 TTL_S, RENEW_S, MARGIN_S, IO_S = 2.0, 0.3, 0.6, 0.6
 WRITER = """
@@ -106,11 +109,25 @@ def grant(candidates: list[Host], log: Path, rng: random.Random, timeout_s: floa
 
 
 class HeldStoreLock:
-    """The file store's lockspace lock held from another process for a while (every writer blocks)."""
+    """The file store's lockspace lock (Gluster: its heartbeat file's lock) held from another process for
+    a while (every writer blocks); iSCSI: the host's initiator cut off the lease LUN for a while."""
 
-    def __init__(self, store_path: str, seconds: float, then: Callable[[], None]) -> None:
-        self.fd = os.open(Path(store_path) / LS / ".lock", os.O_RDWR)
-        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+    def __init__(self, store_table: dict[str, Any], host: Host, lun: Any, seconds: float,
+                 then: Callable[[], None]) -> None:
+        self.fd = -1
+        self.gluster_file: Any = None
+        self.readmit: Callable[[], None] | None = None
+        if store_table["type"] == "file":
+            self.fd = os.open(Path(store_table["path"]) / LS / ".lock", os.O_RDWR)
+            fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        elif store_table["type"] == "gluster":
+            self.gluster_file = _gluster_heartbeats(store_table)
+            self.gluster_file.lock(exclusive=True, wait=True)
+        else:
+            backend, volume = lun
+            initiator = store_table["initiator"].replace("{host}", host.name)
+            backend.fence_initiator(volume, initiator)
+            self.readmit = lambda: backend.allow(volume, initiator)
         self.then = then
         self.timer = threading.Timer(seconds, self.release)
         self.timer.start()
@@ -119,13 +136,19 @@ class HeldStoreLock:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.gluster_file is not None:
+            self.gluster_file.close()
+            self.gluster_file = None
+        if self.readmit is not None:
+            self.readmit()
+            self.readmit = None
         # A cut shorter than TTL - margin legitimately leaves the lease with its owner; end the owner so the
         # soak moves on (nobody could take over during the cut: every writer of the lockspace was blocked).
         self.then()
 
 
 def test_randomized_faults_never_let_two_owners_write_at_once(hosts: list[Host], store_table: dict[str, Any],
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path, request: pytest.FixtureRequest) -> None:
     seed = int(os.environ.get("LOCKD_FAULT_SEED", str(random.randrange(2**32))))
     cycles = int(os.environ.get("LOCKD_FAULT_CYCLES", "20"))
     print(f"fault soak: seed {seed}, {cycles} cycles, store {store_table['type']}")
@@ -135,6 +158,7 @@ def test_randomized_faults_never_let_two_owners_write_at_once(hosts: list[Host],
     faults: dict[str, int] = {}
     broken: list[Host] = []  # killed or frozen lockd, repaired after the next grant
     frozen: list[Host] = []
+    cuts: list[HeldStoreLock] = []
     try:
         for cycle in range(cycles):
             live = [h for h in hosts if h not in broken]
@@ -164,8 +188,10 @@ def test_randomized_faults_never_let_two_owners_write_at_once(hosts: list[Host],
                 writer.process.kill()
             elif fault == "owner_exit":
                 writer.process.kill()
-            elif store_table["type"] == "file":
-                HeldStoreLock(store_table["path"], rng.uniform(0.2, 2 * TTL_S), then=writer.process.kill)
+            elif store_table["type"] != "rados":
+                lun = request.getfixturevalue("lease_lun") if store_table["type"] == "iscsi" else None
+                held = HeldStoreLock(store_table, holder, lun, rng.uniform(0.2, 2 * TTL_S), then=writer.process.kill)
+                cuts.append(held)
             else:
                 # lockd treats a blocklisted client as fenced: it kills its owner at its next store call.
                 subprocess.run(["ceph", "-c", store_table["conf"], "--keyring", store_table["keyring"], "osd",
@@ -174,6 +200,9 @@ def test_randomized_faults_never_let_two_owners_write_at_once(hosts: list[Host],
         for host in frozen:
             host.signal(signal.SIGCONT)
     finally:
+        for held in cuts:  # end every cut before the store (the iSCSI LUN) goes away
+            held.timer.cancel()
+            held.release()
         for writer in writers:
             writer.process.kill()
             writer.process.wait()

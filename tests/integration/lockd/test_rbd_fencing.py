@@ -95,11 +95,14 @@ def test_fencing_the_dead_hosts_watchers_stops_its_writes_and_spares_the_acquire
         lab: object, ceph: StoreEntry, image: str) -> None:
     dead = writer(ceph, image, "hostb", "B")
     acquirer = writer(ceph, image, "hosta", "A")
-    fencer = BackendFencer(str(lab.config_path))  # type: ignore[attr-defined]
+    fencer = BackendFencer(str(lab.config_path), keep_host="hosta")  # type: ignore[attr-defined]
     try:
+        with ceph.backend() as backend:
+            watchers = {w.addr: w.entity for w in backend.identify_watchers(backend.watchers(image))}
         result = fencer.fence("hostb", LeaseRef(f"hvstore-{ceph.name}", image))
         print(result.detail)
-        assert result.done and result.method == "rbd-blocklist" and "client.hostb" in result.detail
+        assert result.done and result.method == "blocklist watchers"
+        assert [watchers[addr] for addr in result.fenced] == ["client.hostb"]
         assert dead.stdout is not None and acquirer.stdout is not None
         lines = []
         for line in dead.stdout:  # it may finish a write or two that were acknowledged before the fence

@@ -3,6 +3,7 @@ only stores, and uri/disk_xml/pool_xml need no connection."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -76,3 +77,30 @@ def test_explicit_monitors_and_secret_usage_win(tmp_path):
     assert pool.find("source/host").attrib == {"name": "192.0.2.9", "port": "6790"}
     assert pool.find("source/auth").attrib == {"type": "ceph", "username": "admin"}
     assert pool.find("source/auth/secret").attrib == {"usage": "ceph-admin-key"}
+
+
+def test_libvirt_secret_is_the_hosts_raw_cephx_key_under_the_usage_disk_xml_names(tmp_path):
+    key = bytes(range(16))
+    (tmp_path / "keyrings" / "ceph.client.hostc.keyring").parent.mkdir(exist_ok=True)
+    (tmp_path / "keyrings" / "ceph.client.hostc.keyring").write_text(
+        f"[client.hostc]\n\tkey = {base64.b64encode(key).decode()}\n\tcaps mon = \"profile rbd\"\n")
+    rbd = backend(tmp_path)
+    [secret] = rbd.libvirt_secrets(host="hostc")
+    usage = ElementTree.fromstring(rbd.disk_xml("vm1", host="hostc")).find("auth/secret").get("usage")
+    assert (secret.usage_type, secret.usage_id, secret.value) == ("ceph", usage, key)
+    assert "value" not in repr(secret)
+
+
+def test_libvirt_secret_without_a_keyring_uses_the_one_ceph_conf_names(tmp_path):
+    rbd = backend(tmp_path, keyring="")
+    (tmp_path / "ceph.conf").write_text(f"[global]\nmon_host = 10.0.0.1\n"
+                                        f"[client]\nkeyring = {tmp_path}/$name.keyring\n")
+    (tmp_path / "client.admin.keyring").write_text("[client.admin]\nkey = AAECAw==\n")
+    assert rbd.libvirt_secrets()[0].value == b"\x00\x01\x02\x03"
+
+
+def test_libvirt_secret_of_a_keyring_without_the_users_key_is_a_config_error(tmp_path):
+    (tmp_path / "keyrings" / "ceph.client.hostd.keyring").parent.mkdir(exist_ok=True)
+    (tmp_path / "keyrings" / "ceph.client.hostd.keyring").write_text("[client.other]\nkey = AAECAw==\n")
+    with pytest.raises(ConfigError, match=r"no key for client\.hostd"):
+        backend(tmp_path).libvirt_secrets(host="hostd")
