@@ -147,6 +147,8 @@ def attach(conn: libvirt.virConnect, domain_name: str, backend: Backend[Any], na
     devices = disk_with_lease_xml(backend, name, target=target, host=host, lease_root=lease_root)
     flags, is_live, is_config = _flags(domain, live, config)
     define_secrets(conn, backend.libvirt_secrets(host=host))
+    if host:
+        backend.grant(name, host=host)
     attached: list[str] = []
     try:
         for device in devices:

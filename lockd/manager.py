@@ -586,6 +586,7 @@ class LeaseManager:
             await self._ensure_joined(space)
             return
         incarnation, expected = space.incarnation, space.heartbeat
+        self._client_id = self.store.client_id()  # a store that reconnected has a new client to advertise
         new = expected.renewed(client=self._client_id)
         started = self.clock()
         try:

@@ -214,6 +214,10 @@ class Backend(ABC, Generic[C]):
     def disk_xml(self, name: str, *, target: str = "vda", host: str | None = None) -> str:
         """The libvirt ``<disk>`` element that gives a domain this volume."""
 
+    def grant(self, name: str, *, host: str) -> None:
+        """Let ``host``'s QEMU open the volume with the identity ``disk_xml(host=host)`` names (an ACL entry
+        where access is per initiator); idempotent. The default does nothing: access is not per host."""
+
     def libvirt_secrets(self, *, host: str | None = None) -> list[LibvirtSecret]:
         """Secrets ``disk_xml(host=host)`` refers to, for ``hvstore attach`` to define in libvirt."""
         return []

@@ -288,6 +288,10 @@ class IscsiBackend(Backend[IscsiConfig]):
             return None
         return initiator.removeprefix(prefix).split(".", 1)[0] or None
 
+    def grant(self, name: str, *, host: str) -> None:
+        """Admit ``host``'s initiator (``initiator_for(host)``, as ``disk_xml(host=host)`` names it)."""
+        self.allow(name, self.initiator_for(host))
+
     def allow(self, name: str, initiator: str) -> None:
         """Admit ``initiator`` (IQN) to the volume's target; idempotent, remembered across tgtd restarts."""
         with self._store_lock():

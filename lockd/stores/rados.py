@@ -60,6 +60,8 @@ class RadosLeaseStore(LeaseStore):
         # get_last_version() reports the ioctx's latest op: the op and the query must not interleave.
         self._lock = threading.Lock()
         self._shut_down = False
+        self._reconnect = False  # set when a stuck client was abandoned
+        self._address = ""  # this client's address (Rados.get_addrs()), set by connect()
 
     @property
     def describe(self) -> str:
@@ -83,6 +85,7 @@ class RadosLeaseStore(LeaseStore):
             raise StoreUnavailable(f"cannot connect to RADOS pool {self.config.pool!r} as "
                                    f"client.{self.config.user} ({self.config.conf}): {exc}") from None
         ioctx.set_namespace(self.config.namespace)
+        self._address = str(cluster.get_addrs())
         self._cluster, self._ioctx = cluster, ioctx
 
     def close(self) -> None:
@@ -157,8 +160,8 @@ class RadosLeaseStore(LeaseStore):
         return sorted((r for r in records if r is not None), key=lambda v: v.value.key)
 
     def client_id(self) -> str:
-        with self._ops("get client address"):
-            return str(self._cluster.get_addrs())
+        """Cheap (no store I/O): read at every renewal, so a reconnected client is advertised at once."""
+        return self._address
 
     def fence_client(self, lockspace: str, heartbeat: Heartbeat) -> str:
         """Blocklist the dead host's lockd client; return once the blocklist is enforced where it matters.
@@ -199,9 +202,19 @@ class RadosLeaseStore(LeaseStore):
             self._shut_down = False
             self.close()
             self.connect()
+        if self._ioctx is None and self._reconnect:
+            self.connect()
         if self._ioctx is None:
             raise StoreUnavailable("RADOS lease store used before connect()")
         return self._ioctx
+
+    def _abandon_client(self) -> None:
+        """Leave the current client to the call stuck in it (never shut down under it) and reconnect at the
+        next call: a new lock, a new client with a new address nonce."""
+        self._lock = threading.Lock()
+        self._cluster = self._ioctx = None
+        self._shut_down = False
+        self._reconnect = True
 
     def _ops(self, what: str) -> _RadosOps:
         return _RadosOps(self, what)
@@ -252,10 +265,17 @@ class _RadosOps:
         self.store, self.what = store, what
 
     def __enter__(self) -> None:
-        self.store._lock.acquire()
+        store = self.store
+        self.lock = store._lock
+        # rados_osd_op_timeout does not bound every wait: a read op was seen blocked for minutes after the
+        # cluster restarted, holding this lock, so every later call timed out too. An op still running after
+        # twice the op timeout is abandoned with its client; later calls get a fresh client.
+        if not self.lock.acquire(timeout=2 * store.config.op_timeout_s):
+            store._abandon_client()
+            raise StoreUnavailable(f"{self.what}: an earlier RADOS call is stuck; reconnecting with a new client")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        self.store._lock.release()
+        self.lock.release()
         if exc is None:
             return
         import rados

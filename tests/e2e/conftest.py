@@ -106,9 +106,7 @@ def make_volume(lab: LabController) -> Iterator[Callable[[str], tuple[StoreEntry
         entry = store_entry(lab, store)
         name = f"e2e-{uuid.uuid4().hex[:8]}"
         with entry.backend() as backend:
-            backend.create(name, 16 * 2**20)
-            if entry.kind == "iscsi":  # QEMU logs in as host A's initiator, which the target must admit
-                backend.allow(name, backend.initiator_for(HOST_A))
+            backend.create(name, 16 * 2**20)  # hvstore.libvirt.attach(host=...) grants host A access itself
         made.append((entry, name))
         return entry, name
 
