@@ -35,6 +35,7 @@ from lockd.stores.base import LeaseStore
 HEARTBEAT_PREFIX = "hb."
 RESOURCE_PREFIX = "res/"
 MAX_HOSTS = 100_000  # omap values returned by one heartbeat read
+RECONNECT_AFTER_TIMEOUTS = 2  # consecutive timed-out calls before the client is replaced
 
 # The rados binding raises errno-carrying subclasses of rados.Error; these mean "the guard did not hold".
 _CONFLICT_ERRNOS = {errno.ECANCELED, errno.ERANGE, errno.EOVERFLOW, errno.EEXIST}
@@ -62,6 +63,7 @@ class RadosLeaseStore(LeaseStore):
         self._shut_down = False
         self._reconnect = False  # set when a stuck client was abandoned
         self._address = ""  # this client's address (Rados.get_addrs()), set by connect()
+        self._timeouts_in_a_row = 0
 
     @property
     def describe(self) -> str:
@@ -277,8 +279,17 @@ class _RadosOps:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self.lock.release()
         if exc is None:
+            self.store._timeouts_in_a_row = 0
             return
         import rados
+
+        if isinstance(exc, rados.Error) and abs(getattr(exc, "errno", 0) or 0) == errno.ETIMEDOUT:
+            # A client whose cluster was restarted under it kept timing out for minutes (seen here); a new
+            # client finds the restarted daemons at once.
+            self.store._timeouts_in_a_row += 1
+            if self.store._timeouts_in_a_row >= RECONNECT_AFTER_TIMEOUTS:
+                self.store._timeouts_in_a_row = 0
+                self.store._abandon_client()
 
         if isinstance(exc, rados.Error):
             code = abs(getattr(exc, "errno", 0) or 0)

@@ -1,0 +1,39 @@
+"""The RADOS lease store keeps working across a crash and restart of the whole (lab) cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+from lockd.errors import StoreUnavailable
+from lockd.lease import Heartbeat
+from lockd.stores.rados import RadosLeaseStore, RadosStoreConfig
+from tests.integration.conftest import lab_store
+
+
+def test_store_recovers_after_the_cluster_is_killed_and_restarted(lab):
+    cfg = lab_store(lab, "ceph").config
+    store = RadosLeaseStore(RadosStoreConfig(conf=cfg.conf, pool=cfg.pool, keyring=cfg.keyring, user=cfg.user,
+                                             namespace=f"recovery-{uuid.uuid4().hex[:8]}", op_timeout_s=2.0))
+    store.connect()
+    try:
+        lockspace = "recovery"
+        first = Heartbeat("hosta", "inc1", 0, 8.0, client=store.client_id())
+        store.write_heartbeat(lockspace, first, expected=None)
+        for name in ("ceph-osd.0", "ceph-mon"):
+            os.kill(lab.lab.daemon_pid(name), signal.SIGKILL)
+        lab.up(["ceph"])
+        deadline = time.monotonic() + 60
+        while True:  # calls fail while the client finds the restarted daemons, then work again
+            try:
+                beats = store.read_heartbeats(lockspace)
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "the store did not recover within 60 s of the restart"
+                time.sleep(0.2)
+        assert beats["hosta"] == first
+        store.write_heartbeat(lockspace, first.renewed(client=store.client_id()), expected=first)
+    finally:
+        store.close()
