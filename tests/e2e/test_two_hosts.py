@@ -84,15 +84,23 @@ def restart_lockd_a(lockd_a: LockdService) -> None:
     lockd_a.start()
 
 
-@pytest.fixture
-def running_on_a(conn: libvirt.virConnect, make_domain: Callable[[str], libvirt.virDomain],
+@pytest.fixture(params=["domain-start", "hot-plug"])
+def running_on_a(request: pytest.FixtureRequest, conn: libvirt.virConnect,
+                 make_domain: Callable[[str], libvirt.virDomain],
                  make_volume: Callable[[str], tuple[StoreEntry, str]], libvirt_service: LibvirtService,
                  lockd_a: LockdService) -> tuple[libvirt.virDomain, StoreEntry, str, int]:
-    """A domain on host A running on a fresh rbd volume (opened by QEMU as client.hosta), holding its lease."""
+    """A domain on host A running on a fresh rbd volume (opened by QEMU as client.hosta), holding its lease.
+
+    Two paths give QEMU the image: attached before the domain starts (QEMU opens it, then libvirt asks for the
+    lease at CPU start) and hot-plugged into a running domain (lease first, then the disk)."""
     entry, volume = make_volume("ceph")
     domain = make_domain("hosta")
-    attach_volume(conn, domain, entry, volume, config=True)
-    domain.create()
+    if request.param == "domain-start":
+        attach_volume(conn, domain, entry, volume, config=True)
+        domain.create()
+    else:
+        domain.create()
+        attach_volume(conn, domain, entry, volume, live=True)
     pid = qemu_pid(libvirt_service, domain)
     assert lease_pids(lockd_a, lockspace_of(entry), volume) == [pid]
     return domain, entry, volume, pid
