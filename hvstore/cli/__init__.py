@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from hvstore.cli import bench, domain, drbd, lab, store, volume
+from hvstore.cli import bench, compare, domain, drbd, lab, scenario, store, volume
 from hvstore.cli.context import app_state
 from hvstore.errors import HvstoreError
 
@@ -29,7 +29,9 @@ app.add_typer(store.app, name="store")
 app.add_typer(lab.app, name="lab")
 app.add_typer(bench.app, name="bench")
 app.add_typer(drbd.app, name="drbd")
+app.add_typer(scenario.app, name="scenario")
 app.command("caps")(store.caps)
+app.command("compare")(compare.compare)
 app.command("demo")(store.demo)
 app.command("attach")(domain.attach)
 app.command("detach")(domain.detach)

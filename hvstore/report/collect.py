@@ -1,0 +1,141 @@
+"""Runs the comparison: capability tables, the I/O profiles (``hvstore.bench.runner``), lockd's own
+figures (``lockd.bench``: acquire latency, takeover after a holder's death) and every scenario of
+``scenarios/`` on every store. Returns one JSON document; every number in it comes from this run.
+
+sanlock: its figures come from ``lockd bench`` (``lockd.baselines``) when that has them; its takeover
+time (over a minute) only in the full run. Where a figure is missing the report says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hvstore.bench.profiles import QUICK_PROFILES, select_profiles
+from hvstore.bench.runner import machine_facts, run_io_bench
+from hvstore.errors import HvstoreError
+from hvstore.scenarios.runner import run_scenario, scenarios_dir
+from hvstore.scenarios.spec import Scenario, load_scenario
+from hvstore.service import VolumeService
+
+REPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    stores: tuple[str, ...]
+    quick: bool = False
+    seconds_per_profile: float = 3.0
+    volume_bytes: int = 256 << 20
+    scenario_files: tuple[Path, ...] = ()
+    lockd_bench: bool = True
+
+    @classmethod
+    def for_mode(cls, stores: list[str], *, quick: bool, seconds: float | None = None,
+                 scenarios: list[str] | None = None) -> CompareOptions:
+        files = sorted(scenarios_dir().glob("*.yaml"))
+        if scenarios:
+            files = [f for f in files if f.stem in scenarios]
+        return cls(tuple(stores), quick, seconds if seconds is not None else (1.0 if quick else 3.0),
+                   (128 << 20) if quick else (256 << 20), tuple(files))
+
+
+class Hooks:
+    """What the CLI shows while it runs: one progress task per part, and log lines."""
+
+    def start(self, part: str, total: int) -> None: ...
+
+    def advance(self, part: str, text: str) -> None: ...
+
+    def log(self, text: str) -> None: ...
+
+
+def _lockd_figures(quick: bool, hooks: Hooks) -> dict[str, Any]:
+    """lockd bench on a file store in a temporary directory, with the lab lockd's default timing."""
+    from lockd.bench import bench
+    from lockd.daemon import DaemonConfig
+
+    # sanlock's own takeover takes over a minute: measured in the full run, not with --quick. Older
+    # lockd benches have no sanlock figures at all; the report then says so.
+    extra = {"sanlock_takeover": not quick} if "sanlock_takeover" in inspect.signature(bench).parameters else {}
+    with tempfile.TemporaryDirectory(prefix="hvstore-compare-lockd-") as tmp:
+        config = DaemonConfig(host_id="compare", store={"type": "file", "path": tmp}, watchdog=False)
+        data = asyncio.run(bench(config, rounds=50 if quick else 200, lease_counts=(1,) if quick else (1, 100),
+                                 takeover=True, progress=lambda text: hooks.advance("lockd", text), **extra))
+    return data
+
+
+def sanlock_entry(lockd: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """sanlock's figures from lockd bench, with a reason wherever the takeover time is missing."""
+    sanlock = lockd.get("sanlock")
+    if not isinstance(sanlock, dict):
+        reason = lockd.get("error") or "this lockd bench has no sanlock figures"
+        return {"measured": False, "reason": f"not measured: {reason}"}
+    if "takeover_s" not in sanlock:
+        why = sanlock.get("error") or ("--quick skips sanlock's takeover (over a minute)" if quick
+                                       else "lockd bench returned no sanlock takeover time")
+        return {**sanlock, "reason": f"takeover not measured: {why}"}
+    return sanlock
+
+
+def collect(service: VolumeService, options: CompareOptions, hooks: Hooks | None = None) -> dict[str, Any]:
+    hooks = hooks or Hooks()
+    started = time.monotonic()
+    stores = list(options.stores)
+    report: dict[str, Any] = {"version": REPORT_VERSION, "quick": options.quick, "machine": machine_facts(),
+                              "stores": [], "capabilities": {}}
+    for name in stores:
+        entry = service.config.store(name)
+        report["stores"].append({"name": name, "backend": entry.kind})
+        report["capabilities"][name] = entry.backend().capabilities.to_json()
+
+    profiles = select_profiles(list(QUICK_PROFILES) if options.quick else None)
+    hooks.start("bench", (len(stores) + 1) * len(profiles))
+    names = {p.name for p in profiles}
+
+    def bench_log(text: str) -> None:
+        hooks.log(text)
+        if text.rsplit(": ", 1)[-1] in names:
+            hooks.advance("bench", text)
+
+    report["bench"] = run_io_bench(service, stores, profiles, seconds=options.seconds_per_profile,
+                                   size_bytes=options.volume_bytes, fio=True, log=bench_log)
+
+    if options.lockd_bench:
+        hooks.start("lockd", 8)
+        try:
+            report["lockd"] = _lockd_figures(options.quick, hooks)
+        except Exception as exc:  # lockd's own errors: the report says what failed instead of a figure
+            report["lockd"] = {"error": f"{type(exc).__name__}: {exc}"}
+    report["sanlock"] = sanlock_entry(report.get("lockd", {}), options.quick)
+
+    scenarios: list[Scenario] = []
+    report["scenario_errors"] = []
+    for path in options.scenario_files:
+        try:
+            scenarios.append(load_scenario(path))
+        except HvstoreError as exc:
+            report["scenario_errors"].append(str(exc))
+    hooks.start("scenarios", len(scenarios) * len(stores))
+    results = []
+    for scenario in scenarios:
+        for name in stores:
+            hooks.advance("scenarios", f"{scenario.name} on {name}")
+            results.append(run_scenario(service, scenario, name, log=hooks.log).to_json())
+    report["scenarios"] = results
+    report["scenario_descriptions"] = {s.name: s.description for s in scenarios}
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    return report
+
+
+def default_stores(service: VolumeService) -> list[str]:
+    return [entry.name for entry in service.stores()]
+
+
+Progress = Callable[[str], None]

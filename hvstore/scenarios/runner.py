@@ -1,0 +1,633 @@
+"""Runs a parsed scenario (``spec.Scenario``) on one store: real writers, real lockd daemons, real faults.
+
+Hosts are simulated on this machine: a host is its lockd daemon (when the scenario uses leases) plus the
+writer processes started "on" it. A writer is ``qemu-io -t none`` on the store's own URI and format,
+writing its byte pattern over the scenario's region chunk by chunk, each round in a shuffled order of
+its own, so two concurrent writers leave a visible mix. Writers start gated (``sh -c 'read
+&& exec qemu-io'``): a writer with ``lease`` gets its lease for its own pid from its host's lockd first and
+is only then let go; a refused writer is never let go. Faults: ``freeze`` (SIGSTOP the host's lockd and
+writers: a hung host), ``resume``, ``kill`` (SIGKILL them: a dead host), ``kill-replica`` (one replica of
+the store: a gluster brick process; other backends say why they cannot) and ``restore-replica``.
+
+The lockd daemons of a scenario share a file lease store in a temporary directory and use the
+scenario's short timing and fencer: with ``fencer: hvstore`` a takeover first fences the dead host through
+the store's ``Backend.fence`` (rbd: its cephx client's watchers blocklisted; writers open the volume with
+their host's identity where the store has one), otherwise the result says no storage fencing was used.
+Every process started is killed by pid
+at the end and the scratch volume deleted. A scenario whose requirement the store cannot meet reports
+``not-applicable`` with the reason, never a figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hvstore.config import lab_dir
+from hvstore.errors import HvstoreError, InvalidArgument
+from hvstore.model import Feature, VolumeRef
+from hvstore.run import run
+from hvstore.scenarios.spec import Scenario, Step, WriterSpec
+from hvstore.service import VolumeService
+
+Log = Callable[[str], None]
+POLL_S = 0.1
+TAKEOVER_WRITE_TIMEOUT_S = 60.0
+_QEMU_IO_PROGRESS = re.compile(
+    r"^(wrote|read) \d+/\d+ bytes|^[0-9.]+ [KMGT]?i?B, \d+ ops;|^Pattern verification failed")
+
+
+class NotApplicable(Exception):
+    """This scenario cannot run on this store; the message says why."""
+
+
+@dataclass
+class Writer:
+    spec: WriterSpec
+    proc: subprocess.Popen[bytes]
+    started: float
+    let_go: bool = False
+    refused: str | None = None  # lockd's answer when the lease was refused
+    exit_code: int | None = None
+    error: str = ""
+    errors: Any = None  # the file qemu-io's output goes to
+    foreign_reads: int = 0  # chunks that read back as not this writer's pattern (verify)
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    store: str
+    backend: str
+    status: str = "ok"  # ok | failed | not-applicable | error
+    reason: str = ""
+    measurements: dict[str, Any] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "store": self.store, "backend": self.backend, "status": self.status,
+                "reason": self.reason, "measurements": self.measurements, "checks": self.checks,
+                "events": self.events, "seconds": round(self.seconds, 2)}
+
+
+class _Lockd:
+    """One scenario host's lockd daemon (file store shared by the scenario's hosts)."""
+
+    def __init__(self, host: str, root: Path, scenario: Scenario, hvstore_config: Path) -> None:
+        self.host = host
+        self.socket = root / f"{host}.sock"
+        config = root / f"{host}.toml"
+        t = scenario.lockd
+        config.write_text(
+            f'host_id = "{host}"\nttl_s = {t.ttl_s}\nrenew_interval_s = {t.renew_interval_s}\n'
+            f'margin_s = {t.margin_s}\nio_timeout_s = {t.io_timeout_s}\nstate_dir = "{root / host}"\n'
+            f'admin_socket = "{self.socket}"\nwatchdog = false\nfencer = "{t.fencer}"\n'
+            f'hvstore_config = "{hvstore_config}"\n'
+            f'[store]\ntype = "file"\npath = "{root / "leases"}"\n')
+        (root / "leases").mkdir(exist_ok=True)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
+                                                           if p)}
+        self.log_path = root / f"{host}.log"
+        # A daemon for the length of the scenario: not a short-lived tool, so not through hvstore.run.
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "lockd.daemon", "-c", str(config)], stdout=log,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-1:]
+                raise InvalidArgument(f"lockd for {host} did not start: {' '.join(tail)}")
+            time.sleep(0.05)
+
+    def request(self, payload: dict[str, Any]) -> Any:
+        from lockd.cli import request
+
+        return request(str(self.socket), payload, timeout_s=10)
+
+    def acquire(self, lockspace: str, key: str, pid: int) -> tuple[bool, str]:
+        from lockd.errors import LockdError
+
+        try:
+            data = self.request({"op": "acquire", "lockspace": lockspace, "key": key, "pid": pid, "shared": False})
+        except LockdError as exc:
+            return False, str(exc)
+        return True, f"token {data['token']}"
+
+    def release(self, lockspace: str, key: str) -> None:
+        self.request({"op": "release", "lockspace": lockspace, "key": key, "pid": None})
+
+
+class ScenarioRun:
+    def __init__(self, service: VolumeService, scenario: Scenario, store: str, log: Log) -> None:
+        self.service = service
+        self.scenario = scenario
+        self.store = store
+        self.log = log
+        self.backend = service.backend(store)
+        self.result = ScenarioResult(scenario.name, store, self.backend.kind)
+        self.volume = f"scenario-{scenario.name}-{uuid.uuid4().hex[:6]}"
+        self.lease = self.backend.lease(self.volume)
+        self.writers: dict[str, Writer] = {}
+        self.checked_writers: set[str] = set()
+        self.lockds: dict[str, _Lockd] = {}
+        self.extra_procs: list[subprocess.Popen[bytes]] = []
+        self.last_fault_at: float | None = None
+        self.replica_restore: Callable[[], None] | None = None
+        self.started = time.monotonic()
+
+    # -- events -------------------------------------------------------------------------------------
+    def event(self, text: str) -> None:
+        line = f"{time.monotonic() - self.started:7.2f}s {text}"
+        self.result.events.append(line)
+        self.log(f"{self.scenario.name}/{self.store}: {text}")
+
+    # -- writers ------------------------------------------------------------------------------------
+    def _writer_argv(self, spec: WriterSpec, index: int) -> list[str]:
+        """Every round writes every chunk once, in an order of its own (a seeded shuffle per writer and
+        round): two writers that overlap at all in time leave chunks of both, wherever they overlap."""
+        chunk, chunks = self.scenario.chunk_bytes, self.scenario.region_bytes // self.scenario.chunk_bytes
+        shuffle = random.Random(f"{spec.name}-{index}")
+        commands = []
+        for _ in range(spec.rounds):
+            order = list(range(chunks))
+            shuffle.shuffle(order)
+            for c in order:
+                commands += ["-c", f"write -P {spec.pattern} {c * chunk} {chunk}"]
+            if spec.verify:  # read the round back: a chunk that is not ours was overwritten under us
+                commands += [arg for c in order for arg in ("-c", f"read -P {spec.pattern} {c * chunk} {chunk}")]
+        return ["qemu-io", "-f", self.fmt, "-t", "none", *commands, self.host_uri(spec.host)]
+
+    def host_uri(self, host: str) -> str:
+        """The URI as ``host`` opens it (its own cephx identity on rbd: what storage fencing cuts off)."""
+        try:
+            return self.backend.uri(self.volume, host=host)
+        except HvstoreError:
+            return self.uri  # the store has no per-host identity
+    def _spawn_writer(self, spec: WriterSpec, index: int) -> Writer:
+        """Gated: the pid exists (for the lease) before the writer opens the volume. stderr goes to a file:
+        a writer failing thousands of writes would fill a pipe and hang."""
+        errors = tempfile.TemporaryFile()
+        proc = subprocess.Popen(["sh", "-c", 'read _gate && exec "$@"', "writer", *self._writer_argv(spec, index)],
+                                stdin=subprocess.PIPE, stdout=errors, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        writer = Writer(spec, proc, time.monotonic(), errors=errors)
+        self.writers[spec.name] = writer
+        return writer
+
+    def start_writers(self, specs: tuple[WriterSpec, ...]) -> list[Writer]:
+        started = []
+        for spec in specs:
+            if spec.name in self.writers:
+                raise InvalidArgument(f"writer {spec.name!r} started twice")
+            writer = self._spawn_writer(spec, len(self.writers))
+            proc = writer.proc
+            started.append(writer)
+            if spec.lease:
+                granted, detail = self.lockds[spec.host].acquire(self.lease.lockspace, self.lease.key, proc.pid)
+                if granted:
+                    self.event(f"writer {spec.name} on {spec.host}: lease granted ({detail})")
+                else:
+                    writer.refused = detail
+                    self.event(f"writer {spec.name} on {spec.host}: lease refused: {detail}")
+        for writer in started:  # let every admitted writer go at once, so they overlap
+            assert writer.proc.stdin is not None
+            if writer.refused is None:
+                writer.proc.stdin.write(b"go\n")
+                writer.let_go = True
+            with suppress(BrokenPipeError):
+                writer.proc.stdin.close()
+        for writer in started:
+            if writer.let_go:
+                self.event(f"writer {writer.spec.name} on {writer.spec.host} writing (pattern {writer.spec.pattern}, "
+                           f"{writer.spec.rounds} round(s))")
+        return started
+
+    def wait_writers(self, writers: list[Writer] | None = None, timeout_s: float = 600) -> None:
+        for writer in writers or list(self.writers.values()):
+            if writer.exit_code is not None:
+                continue
+            try:
+                writer.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                writer.proc.kill()
+                writer.proc.wait()
+            self._reap(writer)
+
+    def _reap(self, writer: Writer) -> None:
+        writer.exit_code = writer.proc.returncode
+        writer.errors.seek(0)
+        lines = writer.errors.read().decode(errors="replace").strip().splitlines()
+        writer.errors.close()
+        writer.foreign_reads = sum(line.startswith("Pattern verification failed") for line in lines)
+        problems = [line for line in lines if not _QEMU_IO_PROGRESS.match(line)]
+        if writer.exit_code is not None and writer.exit_code < 0:  # its last line may be cut off mid-way
+            problems = [f"killed by signal {-writer.exit_code}",
+                        *(line for line in problems if "fail" in line or "rror" in line)]
+        writer.error = " / ".join(dict.fromkeys(problems))[-300:]  # distinct messages, in order
+        if writer.exit_code and writer.exit_code > 0 and not writer.error and writer.foreign_reads:
+            writer.exit_code = 0  # qemu-io exits 1 after a failed verification: it wrote everything
+        if writer.let_go:
+            outcome = "ok" if writer.exit_code == 0 else f"exit {writer.exit_code}: {writer.error or 'killed'}"
+            self.event(f"writer {writer.spec.name} finished: {outcome}")
+
+    def host_pids(self, host: str) -> list[int]:
+        pids = [w.proc.pid for w in self.writers.values() if w.spec.host == host and w.proc.poll() is None]
+        if host in self.lockds and self.lockds[host].proc.poll() is None:
+            pids.append(self.lockds[host].proc.pid)
+        return pids
+
+    # -- steps --------------------------------------------------------------------------------------
+    def step(self, step: Step) -> None:
+        getattr(self, "_step_" + step.kind)(step)
+
+    def _step_writers(self, step: Step) -> None:
+        self.start_writers(step.writers)
+
+    def _step_wait(self, step: Step) -> None:
+        if step.args.get("writers"):
+            self.wait_writers()
+        else:
+            time.sleep(step.args["seconds"])
+
+    def _step_fault(self, step: Step) -> None:
+        kind, host = step.args["kind"], step.args.get("host")
+        if kind in ("freeze", "resume", "kill"):
+            sig = {"freeze": signal.SIGSTOP, "resume": signal.SIGCONT, "kill": signal.SIGKILL}[kind]
+            pids = self.host_pids(host)
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            self.event(f"fault: {kind} host {host} (pids {' '.join(map(str, pids)) or 'none'})")
+            if kind != "resume":
+                self.last_fault_at = time.monotonic()
+        elif kind == "kill-replica":
+            self._kill_replica()
+            self.last_fault_at = time.monotonic()
+        elif kind == "restore-replica" and self.replica_restore:
+            self.replica_restore()
+            self.replica_restore = None
+
+    def _step_takeover(self, step: Step) -> None:
+        host = step.args["host"]
+        spec = step.writers[0]
+        new = self._spawn_writer(spec, 0)
+        proc = new.proc
+        self.writers[spec.name] = new
+        since = self.last_fault_at or time.monotonic()
+        deadline = time.monotonic() + self.scenario.lockd.ttl_s * 5 + 20
+        attempts = 0
+        while True:
+            attempts += 1
+            granted, detail = self.lockds[host].acquire(self.lease.lockspace, self.lease.key, proc.pid)
+            if granted or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+        took = time.monotonic() - since
+        assert proc.stdin is not None
+        if not granted:
+            new.refused = detail
+            proc.stdin.close()
+            self.wait_writers([new])
+            raise AssertionError(f"takeover by {host} never granted: {detail}")
+        self.result.measurements["takeover_s"] = round(took, 3)
+        fenced = [line.split(" INFO ", 1)[-1] for line in self.lockds[host].log_path.read_text(errors="replace")
+                  .splitlines() if " fence " in line]
+        if fenced:
+            self.result.measurements["storage_fencing_done"] = fenced
+            self.event(f"{host}'s lockd fenced before taking over: {'; '.join(fenced)}")
+        self.result.measurements["takeover_attempts"] = attempts
+        self.event(f"takeover: {host} got the lease {took:.2f} s after the fault ({detail})")
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
+        new.let_go = True
+        write_started = time.monotonic()
+        # librbd's exclusive lock, QEMU's image locks, gluster's eager locks can make the new holder wait
+        # for the old one, which is frozen: bounded, and reported as blocked.
+        limit = step.args.get("write_timeout_s", TAKEOVER_WRITE_TIMEOUT_S)
+        try:
+            new.proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            self.result.measurements["new_holder_blocked_s"] = limit
+            self.event(f"writer {spec.name} still blocked after {limit:.0f} s (the frozen holder keeps a lock "
+                       "of the store): killed")
+        self.wait_writers([new], timeout_s=0.1)
+        self.result.measurements["new_holder_write_s"] = round(time.monotonic() - write_started, 3)
+        self.result.measurements["new_holder_write_ok"] = new.exit_code == 0
+
+    def _step_handoff(self, step: Step) -> None:
+        source, target = self.lockds[step.args["from"]], self.lockds[step.args["to"]]
+        # Owners standing for the VM on each side (a migration's source and destination QEMU).
+        vm_a = subprocess.Popen(["sleep", "3600"])
+        vm_b = subprocess.Popen(["sleep", "3600"])
+        self.extra_procs += [vm_a, vm_b]
+        granted, detail = source.acquire(self.lease.lockspace, self.lease.key, vm_a.pid)
+        if not granted:
+            raise AssertionError(f"source host could not take the lease: {detail}")
+        early, early_detail = target.acquire(self.lease.lockspace, self.lease.key, vm_b.pid)
+        self.result.measurements["destination_refused_while_source_holds"] = not early
+        self.event(f"destination acquire while the source holds: {'refused' if not early else 'GRANTED'} "
+                   f"({early_detail})")
+        started = time.monotonic()
+        source.release(self.lease.lockspace, self.lease.key)
+        released = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            granted, detail = target.acquire(self.lease.lockspace, self.lease.key, vm_b.pid)
+            if granted or time.monotonic() - started > 30:
+                break
+            time.sleep(POLL_S / 10)
+        if not granted:
+            raise AssertionError(f"destination never got the lease after the release: {detail}")
+        done = time.monotonic()
+        self.result.measurements["handoff_s"] = round(done - started, 4)
+        self.result.measurements["release_s"] = round(released - started, 4)
+        self.result.measurements["handoff_attempts"] = attempts
+        self.event(f"hand-off: released in {released - started:.3f} s, destination holds it after "
+                   f"{done - started:.3f} s ({detail})")
+
+    def _step_check(self, step: Step) -> None:
+        # Whatever still runs is stopped first: the check reads a volume nobody writes.
+        for writer in self.writers.values():
+            if writer.exit_code is None and writer.proc.poll() is None:
+                with suppress(ProcessLookupError):
+                    os.kill(writer.proc.pid, signal.SIGCONT)
+                    os.kill(writer.proc.pid, signal.SIGKILL)
+                self.event(f"writer {writer.spec.name} still running at the check: killed")
+            if writer.exit_code is None:
+                writer.proc.wait()
+                self._reap(writer)
+        counts, corruption = self.read_region()
+        expect = step.args["expect"]
+        # Writers since the previous check: each check judges its own phase.
+        current = [w for w in self.writers.values() if w.spec.name not in self.checked_writers]
+        self.checked_writers.update(w.spec.name for w in current)
+        admitted = [w for w in current if w.let_go]
+        present = [name for name in counts if name not in ("unwritten", "torn")]
+        torn = counts.get("torn", 0)
+        check: dict[str, Any] = {"expect": expect, "chunks": dict(counts), "chunk_bytes": self.scenario.chunk_bytes,
+                                 "writers_admitted": [w.spec.name for w in admitted],
+                                 "writers_refused": {w.spec.name: w.refused for w in current if w.refused},
+                                 "writers_failed": {w.spec.name: w.error for w in admitted if w.exit_code},
+                                 "image_check": corruption}
+        foreign = {w.spec.name: w.foreign_reads for w in admitted if w.spec.verify}
+        check["foreign_chunks_read_back"] = foreign
+        damaged = (len(present) > 1 or torn > 0 or bool(corruption.get("corruptions"))
+                   or any(foreign.values()))
+        check["damage_detected"] = damaged
+        cannot_open = {w.spec.name: w.error for w in admitted if w.exit_code and _lock_refusal(w.error)}
+        check["refused_by_image_lock"] = sorted(cannot_open)
+        if expect == "damage":
+            # The store (or QEMU's image locking on it) refusing the second writer is protection too.
+            check["passed"] = damaged or bool(cannot_open)
+            if damaged:
+                lost = sum(foreign.values())
+                check["meaning"] = ("two writers without a lease: damage detected ("
+                                    + (f"{lost} chunk(s) read back by a writer were the other's; " if lost else "")
+                                    + f"final region {len(present)} writer(s), {torn} torn chunk(s))")
+            elif cannot_open:
+                check["meaning"] = ("no damage: the store itself refused writer(s) "
+                                    f"{', '.join(sorted(cannot_open))} (QEMU image lock), without lockd")
+            else:
+                check["meaning"] = "no damage observed: " + self._why_no_damage(admitted)
+        elif expect == "single-writer":
+            check["passed"] = len(admitted) == 1 and not damaged
+            check["meaning"] = ("only one writer was admitted and the region is its own" if check["passed"]
+                                else "more than one writer wrote, or the region is damaged")
+        else:
+            last = step.args["writer"]
+            late = sum(n for name, n in counts.items() if name not in (last, "unwritten"))
+            last_writer = self.writers.get(last)
+            last_failed = last_writer is not None and bool(last_writer.exit_code)
+            check["late_or_foreign_chunks"] = late
+            check["last_writer_failed"] = last_writer.error if last_failed and last_writer else ""
+            check["passed"] = late == 0 and (counts.get(last, 0) > 0 or last_failed)
+            if late:
+                check["meaning"] = f"{late} chunk(s) not {last}'s after its write: " + self._why_late()
+            elif last_failed and "new_holder_blocked_s" in self.result.measurements:
+                check["meaning"] = (f"nothing of another writer landed, but {last} stayed blocked "
+                                    f"{self.result.measurements['new_holder_blocked_s']:.0f} s behind the frozen "
+                                    "holder (unavailable, not unsafe)")
+            elif last_failed:
+                check["meaning"] = (f"nothing of another writer landed, but {last} could not write: "
+                                    f"{last_writer.error if last_writer else ''}")
+            else:
+                check["meaning"] = f"every chunk is {last}'s: nothing of another writer landed after it"
+        self.result.checks.append(check)
+        self.event(f"check {expect}: {'passed' if check['passed'] else 'FAILED'}: {check['meaning']} "
+                   f"(chunks {dict(counts)})")
+
+    def _why_no_damage(self, admitted: list[Writer]) -> str:
+        failed = [w for w in admitted if w.exit_code]
+        if failed:
+            return "; ".join(f"writer {w.spec.name} could not write: {w.error.splitlines()[-1] if w.error else '?'}"
+                             for w in failed)
+        return "the writers did not overlap in time"
+
+    def _why_late(self) -> str:
+        support = self.backend.capabilities.features[Feature.FENCING]
+        fencing = f"storage fencing: {support.note}" if support.supported else f"no storage fencing ({support.note})"
+        return f"{fencing}; lockd fencer {self.scenario.lockd.fencer}"
+
+    def read_region(self) -> tuple[Counter[str], dict[str, Any]]:
+        patterns = {w.spec.pattern: w.spec.name for w in self.writers.values()}
+        counts: Counter[str] = Counter()
+        chunk = self.scenario.chunk_bytes
+        with self.service.open(VolumeRef(self.store, self.volume)) as volume:
+            for offset in range(0, self.scenario.region_bytes, chunk):
+                data = volume.read(offset, chunk)
+                first = data[0]
+                if data.count(first) != len(data):
+                    counts["torn"] += 1
+                elif first == 0:
+                    counts["unwritten"] += 1
+                else:
+                    counts[patterns.get(first, f"pattern-{first}")] += 1
+        corruption: dict[str, Any] = {}
+        if self.fmt == "qcow2":
+            done = run(["qemu-img", "check", "-f", "qcow2", "--output=json", self.uri], timeout_s=120, check=False)
+            try:
+                report = json.loads(done.stdout)
+                corruption = {"corruptions": report.get("corruptions", 0), "leaks": report.get("leaks", 0)}
+            except ValueError:
+                corruption = {"error": (done.stderr.strip() or "qemu-img check printed nothing")[-200:]}
+        return counts, corruption
+
+    def _step_provision(self, step: Step) -> None:
+        from hvstore.bench.import_export import hvstore_command
+
+        name = f"prov-{uuid.uuid4().hex[:6]}"
+        base = [*hvstore_command(), *(["--config", str(self.service.config.path)]), "volume"]
+        timed: list[dict[str, Any]] = []
+
+        def timed_run(label: str, argv: list[str]) -> str:
+            t0 = time.monotonic()
+            done = run(argv, timeout_s=300)
+            shown = argv if argv[0] == "qemu-io" else ["hvstore", *argv[len(base) - 1:]]  # without --config
+            timed.append({"step": label, "command": " ".join(shown), "seconds": round(time.monotonic() - t0, 3)})
+            return done.stdout.strip()
+
+        size = str(step.args["size_bytes"])
+        try:
+            timed_run("create", [*base, "create", f"{self.store}/{name}", size])
+            uri = timed_run("uri", [*base, "uri", f"{self.store}/{name}"])
+            timed_run("disk-xml", [*base, "disk-xml", f"{self.store}/{name}"])
+            fmt = self.backend.qemu_format(name)
+            timed_run("attach (QEMU opens, writes and reads)",
+                      ["qemu-io", "-f", fmt, "-t", "none", "-c", "write -P 90 0 64k", "-c", "read -P 90 0 64k", uri])
+        finally:
+            with suppress(HvstoreError):
+                self.backend.delete(name, force=True)
+        self.result.measurements["provision_commands"] = timed
+        self.result.measurements["provision_s"] = round(sum(t["seconds"] for t in timed), 3)
+        self.result.measurements["provision_note"] = ("attach = QEMU's block layer opens the volume through its URI "
+                                                      "and does I/O (qemu-io); no libvirt domain")
+        self.event(f"provisioned {self.store}/{name} in {self.result.measurements['provision_s']:.2f} s "
+                   f"({len(timed)} commands)")
+
+    # -- replicas -----------------------------------------------------------------------------------
+    def replica_reason(self) -> str | None:
+        """None when one replica of this store can be taken away here, else why not."""
+        kind = self.backend.kind
+        if kind == "gluster":
+            info = self._gluster_info()
+            if info.replica_count < 2:
+                return f"gluster volume {info.name} is {info.type.lower()} (1 copy): losing a brick loses data"
+            return None
+        if kind == "rbd":
+            cfg = self.backend.config
+            done = run(["ceph", "--conf", cfg.conf, "--id", cfg.user, *(["--keyring", cfg.keyring] if cfg.keyring
+                                                                         else []), "osd", "ls"], timeout_s=30)
+            osds = len(done.stdout.split())
+            return (f"the cluster has {osds} OSD(s): losing one of 3 needs 3 (the lab's Ceph runs one)"
+                    if osds < 3 else "taking an OSD away is not implemented by this runner yet")
+        if kind == "drbd":
+            return "DRBD peer loss: not implemented by this runner yet (see 'hvstore drbd' for the split-brain tools)"
+        support = self.backend.capabilities.features[Feature.REPLICATION]
+        return f"no replicas: {support.note}" if not support.supported else f"replica loss not implemented for {kind}"
+
+    def _gluster_paths_and_volume(self) -> tuple[Any, str]:
+        from hvstore.tools.gluster_cli import GlusterdPaths
+
+        return GlusterdPaths(lab_dir() / "gluster"), self.backend.config.volume
+
+    def _gluster_info(self) -> Any:
+        from hvstore.tools.gluster_cli import cli_argv, parse_volume_info
+
+        paths, volume = self._gluster_paths_and_volume()
+        return parse_volume_info(run(cli_argv(paths, "volume", "info", volume, "--xml"), timeout_s=60).stdout)[0]
+
+    def _kill_replica(self) -> None:
+        from hvstore.tools.gluster_cli import cli_argv, parse_volume_status
+
+        paths, volume = self._gluster_paths_and_volume()
+        status = parse_volume_status(run(cli_argv(paths, "volume", "status", volume, "--xml"), timeout_s=60).stdout)
+        brick = next(b for b in status[0].bricks if b.online and b.pid)
+        os.kill(brick.pid, signal.SIGKILL)
+        self.event(f"fault: killed brick {brick.path} (pid {brick.pid}) of {volume}")
+
+        def restore() -> None:
+            run(cli_argv(paths, "volume", "start", volume, "force"), timeout_s=120)
+            self.event(f"restored: {volume} bricks restarted (volume start force)")
+
+        self.replica_restore = restore
+
+    # -- the whole run ------------------------------------------------------------------------------
+    def execute(self) -> ScenarioResult:
+        scenario = self.scenario
+        try:
+            if "replicas" in scenario.requires and (reason := self.replica_reason()):
+                raise NotApplicable(reason)
+            self.backend.create(self.volume, scenario.volume_bytes)
+            self.uri, self.fmt = self.backend.uri(self.volume), self.backend.qemu_format(self.volume)
+            if not (self.uri.partition(":")[0].isalpha() and ":" in self.uri) and not Path(self.uri).exists():
+                raise NotApplicable(f"{self.uri} is not on this host (the volume lives inside the store's nodes)")
+            with tempfile.TemporaryDirectory(prefix="hvstore-scenario-") as tmp:
+                if scenario.uses_lockd:
+                    for host in scenario.hosts:
+                        self.lockds[host] = _Lockd(host, Path(tmp), scenario, self.service.config.path)
+                    self.event(f"lockd started for {', '.join(scenario.hosts)} (file store, TTL "
+                               f"{scenario.lockd.ttl_s} s, fencer {scenario.lockd.fencer})")
+                for phase in scenario.phases:
+                    self.event(f"phase {phase.name}")
+                    for step in phase.steps:
+                        self.step(step)
+                self._stop_everything()
+            if any(not c["passed"] for c in self.result.checks):
+                self.result.status = "failed"
+                self.result.reason = "; ".join(c["meaning"] for c in self.result.checks if not c["passed"])
+        except NotApplicable as exc:
+            self.result.status, self.result.reason = "not-applicable", str(exc)
+        except (HvstoreError, AssertionError, OSError) as exc:
+            self.result.status, self.result.reason = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            self._stop_everything()
+            if self.replica_restore:
+                with suppress(HvstoreError):
+                    self.replica_restore()
+            with suppress(HvstoreError):
+                if self.backend.exists(self.volume):
+                    self.backend.delete(self.volume, force=True)
+            self.result.measurements.setdefault("storage_fencing", self._fencing_text())
+            self.result.seconds = time.monotonic() - self.started
+        return self.result
+
+    def _fencing_text(self) -> str:
+        support = self.backend.capabilities.features[Feature.FENCING]
+        if not support.supported:
+            return f"no storage fencing ({support.note})"
+        if self.scenario.lockd.fencer == "hvstore" and self.scenario.uses_lockd:
+            return f"store fences ({support.note}); lockd fencer hvstore"
+        return f"store can fence ({support.note}); not used by this scenario"
+
+    def _stop_everything(self) -> None:
+        procs = [w.proc for w in self.writers.values()] + self.extra_procs + [d.proc for d in self.lockds.values()]
+        for proc in procs:
+            if proc.poll() is None:
+                with suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGCONT)
+                    proc.kill()
+        for proc in procs:
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        for writer in self.writers.values():
+            if writer.exit_code is None:
+                self._reap(writer)
+
+
+def _lock_refusal(error: str) -> bool:
+    """qemu-io's message when QEMU's image locking (or the store's own lock) refuses a second writer."""
+    return "Failed to get" in error and "lock" in error
+
+
+def run_scenario(service: VolumeService, scenario: Scenario, store: str, *, log: Log = lambda _l: None
+                 ) -> ScenarioResult:
+    try:
+        service.backend(store)
+    except HvstoreError as exc:
+        return ScenarioResult(scenario.name, store, service.config.store(store).kind, "error",
+                              f"store unavailable: {exc}")
+    return ScenarioRun(service, scenario, store, log).execute()
+
+
+def scenarios_dir() -> Path:
+    """The repository's ``scenarios/`` directory (next to the package)."""
+    return Path(__file__).resolve().parents[2] / "scenarios"
+
