@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
+from lockd.errors import VersionConflict
 from lockd.lease import Heartbeat, Resource, Versioned
 
 
@@ -80,3 +81,31 @@ class LeaseStore(ABC):
         """Cut off the store client named in a dead host's heartbeat, and return once it is effective.
         Returns what was done, for the log. The default (stores without clients to cut off) does nothing."""
         return "none: this store has no client fencing; relying on the holder's self-fence"
+
+
+# -- the record documents of the file-like stores (file, gluster) -------------------------------------------
+# Both keep a lockspace's heartbeats in one JSON document {"version": N, "hosts": {host: encoded}} and each
+# lease in one {"version": N, "record": encoded}; these give the guarded update, the store does the locked I/O.
+
+def updated_heartbeats(document: dict[str, Any] | None, lockspace: str, heartbeat: Heartbeat,
+                       expected: Heartbeat | None) -> dict[str, Any]:
+    """The heartbeat document with ``heartbeat`` in it, if the host's entry is still ``expected`` (None: absent);
+    VersionConflict otherwise."""
+    document = document or {"version": 0, "hosts": {}}
+    wanted = expected.encode() if expected is not None else None
+    if document["hosts"].get(heartbeat.host) != wanted:
+        raise VersionConflict(f"heartbeat of {heartbeat.host} in {lockspace} changed under us")
+    document["hosts"][heartbeat.host] = heartbeat.encode()
+    document["version"] += 1
+    return document
+
+
+def updated_resource(document: dict[str, Any] | None, lockspace: str, record: Resource,
+                     expected_version: int | None) -> dict[str, Any]:
+    """The lease document holding ``record``, if its version is still ``expected_version`` (None: absent);
+    VersionConflict otherwise."""
+    current_version = int(document["version"]) if document is not None else None
+    if current_version != expected_version:
+        raise VersionConflict(f"lease {lockspace}/{record.key} changed under us "
+                              f"(version {current_version}, expected {expected_version})")
+    return {"version": (current_version or 0) + 1, "record": record.encode()}

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from lockd.errors import ProtocolError, StoreUnavailable, VersionConflict
+from lockd.errors import ProtocolError, StoreUnavailable
 from lockd.lease import Heartbeat, Resource, Versioned, validate_lockspace
-from lockd.stores.base import LeaseStore
+from lockd.stores.base import LeaseStore, updated_heartbeats, updated_resource
 
 HEARTBEATS = "heartbeats.json"
 RESOURCES = "resources"
@@ -85,14 +85,7 @@ class FileLeaseStore(LeaseStore):
     def write_heartbeat(self, lockspace: str, heartbeat: Heartbeat, *, expected: Heartbeat | None) -> None:
         path = self._space(lockspace) / HEARTBEATS
         with self._locked(lockspace):
-            data = self._read_json(path) or {"version": 0, "hosts": {}}
-            current = data["hosts"].get(heartbeat.host)
-            wanted = expected.encode() if expected is not None else None
-            if current != wanted:
-                raise VersionConflict(f"heartbeat of {heartbeat.host} in {lockspace} changed under us")
-            data["hosts"][heartbeat.host] = heartbeat.encode()
-            data["version"] += 1
-            self._write_json(path, data)
+            self._write_json(path, updated_heartbeats(self._read_json(path), lockspace, heartbeat, expected))
 
     def read_resource(self, lockspace: str, key: str) -> Versioned[Resource] | None:
         data = self._read_json(self._resource_path(lockspace, key))
@@ -103,15 +96,10 @@ class FileLeaseStore(LeaseStore):
     def write_resource(self, lockspace: str, record: Resource, *, expected_version: int | None) -> int:
         path = self._resource_path(lockspace, record.key)
         with self._locked(lockspace):
-            data = self._read_json(path)
-            current_version = int(data["version"]) if data is not None else None
-            if current_version != expected_version:
-                raise VersionConflict(f"lease {lockspace}/{record.key} changed under us "
-                                      f"(version {current_version}, expected {expected_version})")
-            new_version = (current_version or 0) + 1
+            document = updated_resource(self._read_json(path), lockspace, record, expected_version)
             path.parent.mkdir(exist_ok=True)
-            self._write_json(path, {"version": new_version, "record": record.encode()})
-            return new_version
+            self._write_json(path, document)
+            return int(document["version"])
 
     def list_resources(self, lockspace: str) -> list[Versioned[Resource]]:
         directory = self._space(lockspace) / RESOURCES

@@ -38,7 +38,7 @@ from hvstore.errors import BackendUnavailable
 from hvstore.protocols import gfapi
 from lockd.errors import ProtocolError, StoreUnavailable, VersionConflict
 from lockd.lease import Heartbeat, Resource, Versioned, validate_lockspace
-from lockd.stores.base import LeaseStore
+from lockd.stores.base import LeaseStore, updated_heartbeats, updated_resource
 
 HEARTBEATS = "heartbeats.json"
 RESOURCES = "resources"
@@ -96,14 +96,7 @@ class GlusterLeaseStore(LeaseStore):
 
     def write_heartbeat(self, lockspace: str, heartbeat: Heartbeat, *, expected: Heartbeat | None) -> None:
         with self._locked(self._space(lockspace) + "/" + HEARTBEATS) as (file, data):
-            data = data or {"version": 0, "hosts": {}}
-            current = data["hosts"].get(heartbeat.host)
-            wanted = expected.encode() if expected is not None else None
-            if current != wanted:
-                raise VersionConflict(f"heartbeat of {heartbeat.host} in {lockspace} changed under us")
-            data["hosts"][heartbeat.host] = heartbeat.encode()
-            data["version"] += 1
-            self._rewrite(file, data)
+            self._rewrite(file, updated_heartbeats(data, lockspace, heartbeat, expected))
 
     def read_resource(self, lockspace: str, key: str) -> Versioned[Resource] | None:
         data = self._read(self._resource_path(lockspace, key))
@@ -113,13 +106,9 @@ class GlusterLeaseStore(LeaseStore):
 
     def write_resource(self, lockspace: str, record: Resource, *, expected_version: int | None) -> int:
         with self._locked(self._resource_path(lockspace, record.key)) as (file, data):
-            current_version = int(data["version"]) if data is not None else None
-            if current_version != expected_version:
-                raise VersionConflict(f"lease {lockspace}/{record.key} changed under us "
-                                      f"(version {current_version}, expected {expected_version})")
-            new_version = (current_version or 0) + 1
-            self._rewrite(file, {"version": new_version, "record": record.encode()})
-            return new_version
+            document = updated_resource(data, lockspace, record, expected_version)
+            self._rewrite(file, document)
+            return int(document["version"])
 
     def list_resources(self, lockspace: str) -> list[Versioned[Resource]]:
         directory = self._space(lockspace) + "/" + RESOURCES
