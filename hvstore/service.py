@@ -226,19 +226,23 @@ class VolumeService:
             building = partial if can_rename else name
             journal.parent.mkdir(parents=True, exist_ok=True)
             journal.write_text(json.dumps({"building": building, "pid": os.getpid()}))
+            half_made_left = False  # the journal must outlive a half-made volume we could not remove
             try:
                 yield building
                 _crashpoint("build-before-commit")
                 if can_rename:
                     backend.rename(building, name)
             except BaseException:
-                with suppress(Exception):
+                try:
                     backend.delete(building, force=True)
+                except NotFound:
+                    pass
+                except Exception:
+                    half_made_left = True
                 raise
             finally:
-                with suppress(Exception):
-                    if not backend.exists(building) or backend.exists(name):
-                        journal.unlink(missing_ok=True)
+                if not half_made_left:
+                    journal.unlink(missing_ok=True)
 
     def _journal_path(self, store: str, name: str) -> Path:
         return state_dir() / "builds" / f"{store}--{name}.json"
