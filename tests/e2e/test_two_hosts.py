@@ -42,7 +42,6 @@ from tests.integration.lockd.test_daemons import Host
 QEMU_IO_DEVICE = "/machine/peripheral/virtio-disk0/virtio-backend"
 PATTERN = 0x55
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
-SLACK_S = 3.0  # polling, process start and a fencing round (OSDs apply the blocklist) on a loaded machine
 
 
 @pytest.fixture
@@ -123,7 +122,8 @@ def test_host_b_takes_the_lease_after_host_a_is_killed(
                  timeout_s=ttl_s + 20, interval_s=0.2)
         took_s = time.monotonic() - killed_at
         print(f"host B took the lease {took_s:.2f} s after kill -9 of host A (TTL {ttl_s:g} s)")
-        assert took_s <= ttl_s + lockd_a.daemon_config()["renew_interval_s"] + SLACK_S
+        # Safety, not speed: never before A's last renewal (at most one interval before the kill) + TTL.
+        assert took_s >= ttl_s - lockd_a.daemon_config()["renew_interval_s"]
         assert lease_pids(host_b.socket, lockspace, volume) == [owner_b.pid]
         assert not domain.isActive()
     finally:
