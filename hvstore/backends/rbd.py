@@ -88,7 +88,7 @@ CAPABILITIES = Capabilities(
         Feature.RENAME: yes("image must not be open", online=False),
         Feature.IMPORT_EXPORT: yes("sparse: export reads only allocated objects"),
         Feature.THIN: yes("objects are allocated on first write"),
-        Feature.REPLICATION: yes("by the pool's size (the lab uses size 1)"),
+        Feature.REPLICATION: yes("by the pool's size (the lab: 3 OSDs, size 3, min_size 2)"),
         Feature.FENCING: yes("blocklist the image's watchers (osd blocklist)"),
         Feature.SHARED_ACCESS: yes("any number of clients may open an image; nothing coordinates them"),
         Feature.LIBVIRT_POOL: yes("<pool type='rbd'>"),

@@ -1,14 +1,18 @@
-"""The lab's Ceph: one ceph-mon + one ceph-osd (Ceph 16.2 Pacific), cephx on, no mgr, on 127.0.0.1.
+"""The lab's Ceph: one ceph-mon + three ceph-osd (Ceph 16.2 Pacific), cephx on, no mgr, on 127.0.0.1.
 
 State lives under ``<labdir>/ceph``: ``ceph.conf``, ``keyrings/`` (client.admin and one cephx user per
 host identity, ``client.hosta``/``hostb``/``hostc`` with ``profile rbd`` caps, as a real deployment gives
 every hypervisor its own identity so lockd can map an image's watchers to hosts), ``mon/`` (RocksDB) and
-``osd/ceph-0/`` (bluestore on a sparse ``block`` file, so a SIGKILL loses nothing acknowledged).
+``osd/ceph-{0,1,2}/`` (bluestore on sparse ``block`` files, so a SIGKILL loses nothing acknowledged).
+Three OSDs and a pool of size 3 / min_size 2 (CRUSH places replicas on OSDs, there is one host), so the
+lab replicates like a real cluster, benchmarks pay for replication as Gluster's replica 3 does, and a
+scenario can lose one OSD while I/O goes on. Each OSD costs ~45 MiB idle.
 
 Bootstrap (first ``start``) writes every key itself (see ``hvstore.tools.ceph.new_cephx_key``) into the
 mon's initial keyring, so ``ceph-mon --mkfs`` creates all auth entities at once and no ``auth add`` round
-trip is needed; then ``osd new``, ``ceph-osd --mkfs``, the pool ``hvstore`` (size 1, rbd application,
-``rbd pool init``). A bootstrap that did not finish (no ``bootstrapped`` marker) is wiped and redone.
+trip is needed; then ``osd new``, ``ceph-osd --mkfs`` (all OSDs in parallel), the pool ``hvstore`` (size
+3, rbd application, ``rbd pool init``). A bootstrap that did not finish (no ``bootstrapped`` marker), or
+one of another shape (the marker records the OSD count), is wiped and redone.
 
 No mgr: rados/rbd, QEMU, locks, CAS and blocklisting do not need one, and it would cost ~300 MiB and
 4-9 s. Consequently ``ceph -s`` shows no PG statistics; health here means mon quorum + OSD up.
@@ -22,7 +26,7 @@ import math
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,8 @@ from hvstore.tools.ceph import new_cephx_key, render_conf, render_keyring
 POOL = "hvstore"
 HOSTS = ("hosta", "hostb", "hostc")  # the host identities the lab's scenarios use
 MON_ID = "a"
-OSD_ID = 0
+OSD_IDS = (0, 1, 2)
+POOL_SIZE, POOL_MIN_SIZE = 3, 2  # one OSD may be lost and I/O goes on
 MON_V1_PORT = 6789
 MON_V2_PORT = 3300
 LOOPBACK = "127.0.0.1"
@@ -57,12 +62,17 @@ HEALTH_TIMEOUT_S = 2.0
 
 class CephService(LabService):
     name = "ceph"
-    description = "Ceph 16.2: ceph-mon + 1 bluestore ceph-osd, cephx, no mgr (rbd pool 'hvstore')"
+    description = "Ceph 16.2: ceph-mon + 3 bluestore ceph-osd, cephx, no mgr (rbd pool 'hvstore', size 3)"
 
     # -- layout -------------------------------------------------------------------------------------
     @property
     def process_names(self) -> tuple[str, ...]:
-        return ("ceph-mon", f"ceph-osd.{OSD_ID}")
+        return ("ceph-mon", *self.osd_process_names)
+
+    @property
+    def osd_process_names(self) -> tuple[str, ...]:
+        """The lab's name of each OSD daemon (what a node-loss scenario stops)."""
+        return tuple(f"ceph-osd.{osd_id}" for osd_id in OSD_IDS)
 
     @property
     def address(self) -> str:
@@ -80,23 +90,30 @@ class CephService(LabService):
         """``<state>/keyrings/ceph.client.USER.keyring``, the path ``[client] keyring`` points at."""
         return self.keyring_dir / f"ceph.client.{user}.keyring"
 
-    @property
-    def _osd_data(self) -> Path:
-        return self.dir / "osd" / f"ceph-{OSD_ID}"
+    def _osd_data(self, osd_id: int) -> Path:
+        return self.dir / "osd" / f"ceph-{osd_id}"
 
     @property
     def _marker(self) -> Path:
         return self.dir / "bootstrapped"
 
+    @property
+    def _shape(self) -> str:
+        """What the marker records besides the time: a lab of another shape is rebuilt, not half-reused."""
+        return f"osds={len(OSD_IDS)} size={POOL_SIZE}"
+
+    def _bootstrapped(self) -> bool:
+        return self._marker.exists() and self._shape in self._marker.read_text()
+
     # -- LabService -----------------------------------------------------------------------------------
     def start(self) -> None:
         """Bootstrap on first use; otherwise restart whichever daemon is not running. Idempotent.
 
-        Returns once the mon has quorum, osd.0 is up *with the address of the process running now*
+        Returns once the mon has quorum, every OSD is up *with the address of the process running now*
         (after an unclean OSD death clients stall ~10 s on the old address otherwise) and the pool
         answers I/O.
         """
-        if not self._marker.exists():
+        if not self._bootstrapped():
             self._bootstrap()
             return
         mon_started = False
@@ -105,12 +122,13 @@ class CephService(LabService):
             self._spawn_mon()
             mon_started = True
         with self._admin(timeout_s=MON_START_TIMEOUT_S if mon_started else 5.0) as cluster:
-            osd_name = f"ceph-osd.{OSD_ID}"
-            if not self.lab.running(osd_name):
-                self.lab.stop(osd_name)
+            dead = [osd_id for osd_id in OSD_IDS if not self.lab.running(f"ceph-osd.{osd_id}")]
+            if dead:
                 epoch = _osd_dump(cluster)["epoch"]
-                self._spawn_osd()
-                self._wait_osd_up(cluster, after_epoch=epoch)
+                for osd_id in dead:
+                    self.lab.stop(f"ceph-osd.{osd_id}")
+                    self._spawn_osd(osd_id)
+                self._wait_osds_up(cluster, dead, after_epoch=epoch)
             self._wait_pool_io(cluster)
 
     def health(self) -> tuple[bool, str]:
@@ -144,13 +162,14 @@ class CephService(LabService):
         shutil.rmtree(self.dir, ignore_errors=True)
         for sub in ("keyrings", "mon", "run", "log", "osd"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        fsid, osd_uuid = str(uuid.uuid4()), str(uuid.uuid4())
+        fsid = str(uuid.uuid4())
+        osd_uuids = {osd_id: str(uuid.uuid4()) for osd_id in OSD_IDS}
         self.conf_path.write_text(render_conf(self._conf_sections(fsid)))
 
         entities = {
             "mon.": (new_cephx_key(), {"mon": "allow *"}),
             "client.admin": (new_cephx_key(), ADMIN_CAPS),
-            f"osd.{OSD_ID}": (new_cephx_key(), OSD_CAPS),
+            **{f"osd.{osd_id}": (new_cephx_key(), OSD_CAPS) for osd_id in OSD_IDS},
             **{f"client.{host}": (new_cephx_key(), HOST_CAPS) for host in HOSTS},
         }
         # Every entity in the mon's initial keyring becomes an auth entry at --mkfs.
@@ -162,33 +181,36 @@ class CephService(LabService):
             self.keyring_path(user).write_text(render_keyring(f"client.{user}", key, caps))
             self.keyring_path(user).chmod(0o600)
 
-        self._osd_data.mkdir(parents=True, exist_ok=True)
-        osd_key, _caps = entities[f"osd.{OSD_ID}"]
-        (self._osd_data / "keyring").write_text(render_keyring(f"osd.{OSD_ID}", osd_key))
-        with ThreadPoolExecutor(max_workers=1) as background:
-            # Formatting the OSD's block file (~0.3 s) needs no mon: it runs while the mon is made.
-            osd_mkfs = background.submit(run, [
-                "ceph-osd", "--mkfs", "--no-mon-config", "-c", str(self.conf_path), "-i", str(OSD_ID),
-                "--osd-uuid", osd_uuid], timeout_s=120)
+        for osd_id in OSD_IDS:
+            self._osd_data(osd_id).mkdir(parents=True, exist_ok=True)
+            osd_key, _caps = entities[f"osd.{osd_id}"]
+            (self._osd_data(osd_id) / "keyring").write_text(render_keyring(f"osd.{osd_id}", osd_key))
+        with ThreadPoolExecutor(max_workers=len(OSD_IDS)) as background:
+            # Formatting an OSD's block file (~0.3 s) needs no mon: they run while the mon is made.
+            osd_mkfs = [background.submit(run, [
+                "ceph-osd", "--mkfs", "--no-mon-config", "-c", str(self.conf_path), "-i", str(osd_id),
+                "--osd-uuid", osd_uuids[osd_id]], timeout_s=120) for osd_id in OSD_IDS]
             monmap = self.dir / "monmap"
             run(["monmaptool", "--create", "--clobber", "--fsid", fsid, "--addv", MON_ID,
                  f"[v2:{LOOPBACK}:{MON_V2_PORT},v1:{LOOPBACK}:{MON_V1_PORT}]", str(monmap)], timeout_s=30)
             run(["ceph-mon", "--mkfs", "-c", str(self.conf_path), "-i", MON_ID, "--monmap", str(monmap),
                  "--keyring", str(mon_keyring)], timeout_s=60)
             self._spawn_mon()
-            osd_mkfs.result()
+            for mkfs in osd_mkfs:
+                mkfs.result()
 
         with self._admin(timeout_s=MON_START_TIMEOUT_S) as cluster:
-            _mon_json(cluster, {"prefix": "osd new", "uuid": osd_uuid, "id": OSD_ID})
             epoch = _osd_dump(cluster)["epoch"]
-            self._spawn_osd()
+            for osd_id in OSD_IDS:
+                _mon_json(cluster, {"prefix": "osd new", "uuid": osd_uuids[osd_id], "id": osd_id})
+                self._spawn_osd(osd_id)
             _mon_json(cluster, {"prefix": "osd pool create", "pool": POOL, "pg_num": PG_NUM, "pgp_num": PG_NUM})
-            self._wait_osd_up(cluster, after_epoch=epoch)
+            self._wait_osds_up(cluster, OSD_IDS, after_epoch=epoch)
             with cluster.open_ioctx(POOL) as ioctx:
                 # What ``rbd pool init`` does: enable the rbd application and validate the pool.
                 rbd.RBD().pool_init(ioctx, False)
             self._wait_pool_io(cluster)
-        self._marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
+        self._marker.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {self._shape}\n")
 
     def _conf_sections(self, fsid: str) -> dict[str, dict[str, object]]:
         state = self.dir
@@ -205,11 +227,10 @@ class CephService(LabService):
                 "run_dir": state / "run",
                 # Each pool/OSD change took ~1 s with the default 1 s propose interval.
                 "paxos_propose_interval": 0.1,
-                "osd_pool_default_size": 1,
-                "osd_pool_default_min_size": 1,
+                "osd_pool_default_size": POOL_SIZE,
+                "osd_pool_default_min_size": POOL_MIN_SIZE,
                 "osd_pool_default_pg_autoscale_mode": "off",
-                "osd_crush_chooseleaf_type": 0,
-                "mon_allow_pool_size_one": True,
+                "osd_crush_chooseleaf_type": 0,  # replicas on distinct OSDs: the lab has one host
                 "mon_allow_pool_delete": True,
                 "mon_warn_on_pool_no_redundancy": False,
                 "mon_max_pg_per_osd": 1000,
@@ -246,21 +267,23 @@ class CephService(LabService):
     def _spawn_mon(self) -> None:
         self.lab.spawn("ceph-mon", ["ceph-mon", "-f", "-c", str(self.conf_path), "-i", MON_ID])
 
-    def _spawn_osd(self) -> None:
-        self.lab.spawn(f"ceph-osd.{OSD_ID}", ["ceph-osd", "-f", "-c", str(self.conf_path), "-i", str(OSD_ID)])
+    def _spawn_osd(self, osd_id: int) -> None:
+        self.lab.spawn(f"ceph-osd.{osd_id}", ["ceph-osd", "-f", "-c", str(self.conf_path), "-i", str(osd_id)])
 
-    def _wait_osd_up(self, cluster: rados.Rados, *, after_epoch: int) -> None:
-        """Wait until osd.0 booted in an osdmap newer than ``after_epoch``, i.e. the running process
-        registered its address (an 'up' from before the restart names a dead address)."""
-        name = f"ceph-osd.{OSD_ID}"
+    def _wait_osds_up(self, cluster: rados.Rados, osd_ids: Iterable[int], *, after_epoch: int) -> None:
+        """Wait until each of ``osd_ids`` booted in an osdmap newer than ``after_epoch``, i.e. the running
+        process registered its address (an 'up' from before the restart names a dead address)."""
+        waiting = {osd_id: f"ceph-osd.{osd_id}" for osd_id in osd_ids}
 
         def booted() -> bool:
-            if self.lab.reaper_pid(name) is None:  # the reaper exits once the daemon has
-                raise BackendUnavailable(f"ceph-osd.{OSD_ID} exited: {self.lab.log_tail(name, 1)}")
-            return any(o["osd"] == OSD_ID and o["up"] and o["up_from"] > after_epoch
-                       for o in _osd_dump(cluster)["osds"])
+            for name in waiting.values():
+                if self.lab.reaper_pid(name) is None:  # the reaper exits once the daemon has
+                    raise BackendUnavailable(f"{name} exited: {self.lab.log_tail(name, 1)}")
+            up = {o["osd"] for o in _osd_dump(cluster)["osds"] if o["up"] and o["up_from"] > after_epoch}
+            return up >= waiting.keys()
 
-        wait_until(booted, timeout_s=OSD_START_TIMEOUT_S, what=name, log=lambda: self.lab.log_tail(name))
+        wait_until(booted, timeout_s=OSD_START_TIMEOUT_S, what=", ".join(waiting.values()),
+                   log=lambda: "\n".join(self.lab.log_tail(name) for name in waiting.values()))
         # Clients must see that map too before they are handed the cluster.
         cluster.wait_for_latest_osdmap()
 

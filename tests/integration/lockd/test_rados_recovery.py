@@ -22,7 +22,8 @@ def test_store_recovers_after_the_cluster_is_killed_and_restarted(lab):
         lockspace = "recovery"
         first = Heartbeat("hosta", "inc1", 0, 8.0, client=store.client_id())
         store.write_heartbeat(lockspace, first, expected=None)
-        for name in ("ceph-osd.0", "ceph-mon"):
+        (ceph,) = lab.services(["ceph"])
+        for name in ceph.process_names:  # the mon and every OSD
             os.kill(lab.lab.daemon_pid(name), signal.SIGKILL)
         lab.up(["ceph"])
         deadline = time.monotonic() + 60

@@ -328,11 +328,13 @@ def test_lab_ceph_survives_sigkill_without_losing_acknowledged_writes(lab, ceph,
     rbd.create(name, 8 * MiB)
     write(rbd, name, MiB, pattern("durable", 2 * MiB))  # flushed: acknowledged by the OSD
     rbd.close()
-    for process in ("ceph-osd.0", "ceph-mon"):
+    (service,) = lab.services(["ceph"])
+    processes = service.process_names  # the mon and every OSD: the whole cluster dies at once
+    for process in processes:
         pid = lab.lab.daemon_pid(process)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not lab.lab.running("ceph-osd.0") and not lab.lab.running("ceph-mon"))
+    wait_for(lambda: not any(lab.lab.running(process) for process in processes))
     assert not lab.status(["ceph"])[0].healthy
     lab.up(["ceph"])  # recovers from the existing state, no new bootstrap
     assert lab.status(["ceph"])[0].healthy
