@@ -26,4 +26,4 @@ SERVICES: dict[str, type[LabService]] = {
     "sheepdog-fake": SheepdogFakeService,
     "drbd": DrbdService,
 }
-DEFAULT: tuple[str, ...] = ("local", "ceph", "gluster", "tgt", "sheepdog-fake")
+DEFAULT: tuple[str, ...] = ("local", "ceph", "gluster", "tgt", "sheepdog-fake", "drbd")
