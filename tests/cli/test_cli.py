@@ -9,67 +9,53 @@ from xml.etree import ElementTree
 
 import pytest
 
-from hvstore.cli import main
-
 
 @pytest.fixture
-def config(tmp_path, monkeypatch):
-    volumes = tmp_path / "volumes"
-    volumes.mkdir()
-    path = tmp_path / "hvstore.toml"
-    path.write_text(f'[stores.loc]\ntype = "local"\npath = "{volumes}"\n\n'
-                    f'[stores.raw]\ntype = "local"\npath = "{volumes}"\nformat = "raw"\n')
-    monkeypatch.setenv("HVSTORE_CONFIG", str(path))
-    monkeypatch.setenv("HVSTORE_STATE_DIR", str(tmp_path / "state"))
-    return path
+def config(use_config, volumes, tmp_path):
+    return use_config(f'[stores.loc]\ntype = "local"\npath = "{volumes}"\n\n'
+                      f'[stores.raw]\ntype = "local"\npath = "{volumes}"\nformat = "raw"\n')
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_volume_lifecycle_json(config, capsys, tmp_path):
-    code, out, _ = run(capsys, "volume", "create", "loc/vm1", "64M", "--json")
+def test_volume_lifecycle_json(config, cli, tmp_path):
+    code, out, _ = cli("volume", "create", "loc/vm1", "64M", "--json")
     assert code == 0
     created = json.loads(out)
     assert created == {**created, "store": "loc", "name": "vm1", "size_bytes": 64 << 20, "format": "qcow2"}
     assert set(created) == {"store", "name", "size_bytes", "format", "used_bytes", "parent", "snapshots", "details"}
 
-    code, out, _ = run(capsys, "volume", "list", "loc", "--json")
+    code, out, _ = cli("volume", "list", "loc", "--json")
     assert [v["name"] for v in json.loads(out)] == ["vm1"]
 
-    assert run(capsys, "volume", "resize", "loc/vm1", "128M", "--json")[0] == 0
-    assert run(capsys, "volume", "snapshot", "loc/vm1", "s1", "--json")[0] == 0
-    code, out, _ = run(capsys, "volume", "snapshots", "loc/vm1", "--json")
+    assert cli("volume", "resize", "loc/vm1", "128M", "--json")[0] == 0
+    assert cli("volume", "snapshot", "loc/vm1", "s1", "--json")[0] == 0
+    code, out, _ = cli("volume", "snapshots", "loc/vm1", "--json")
     assert [s["name"] for s in json.loads(out)] == ["s1"]
-    code, out, _ = run(capsys, "volume", "clone", "loc/vm1@s1", "loc/vm2", "--json")
+    code, out, _ = cli("volume", "clone", "loc/vm1@s1", "loc/vm2", "--json")
     assert code == 0 and json.loads(out)["size_bytes"] == 128 << 20
-    code, out, _ = run(capsys, "volume", "uri", "loc/vm2", "--json")
+    code, out, _ = cli("volume", "uri", "loc/vm2", "--json")
     assert json.loads(out)["uri"].endswith("vm2.qcow2")
-    code, out, _ = run(capsys, "volume", "disk-xml", "loc/vm2", "--target", "vdc")
+    code, out, _ = cli("volume", "disk-xml", "loc/vm2", "--target", "vdc")
     disk = ElementTree.fromstring(out)
     assert disk.tag == "disk" and disk.get("type") == "file" and disk.find("target").get("dev") == "vdc"
     target = tmp_path / "out.raw"
-    code, out, _ = run(capsys, "volume", "export", "loc/vm2", str(target), "-q", "--json")
+    code, out, _ = cli("volume", "export", "loc/vm2", str(target), "-q", "--json")
     assert code == 0 and json.loads(out)["size_bytes"] == 128 << 20 and target.stat().st_size == 128 << 20
-    code, out, _ = run(capsys, "volume", "delete", "loc/vm2", "--json")
+    code, out, _ = cli("volume", "delete", "loc/vm2", "--json")
     assert json.loads(out) == {"volume": "loc/vm2", "deleted": True}
-    code, out, _ = run(capsys, "volume", "delete", "loc/vm2", "--missing-ok", "--json")
+    code, out, _ = cli("volume", "delete", "loc/vm2", "--missing-ok", "--json")
     assert json.loads(out) == {"volume": "loc/vm2", "deleted": False}
 
 
-def test_caps_json_lists_every_store(config, capsys):
-    code, out, _ = run(capsys, "caps", "--json")
+def test_caps_json_lists_every_store(config, cli):
+    code, out, _ = cli("caps", "--json")
     data = json.loads(out)
     assert code == 0 and set(data) == {"loc", "raw"}
     assert data["loc"]["features"]["snapshot"]["supported"] is True
     assert data["raw"]["features"]["snapshot"]["supported"] is False
 
 
-def test_store_list_json(config, capsys):
-    code, out, _ = run(capsys, "store", "list", "--json")
+def test_store_list_json(config, cli):
+    code, out, _ = cli("store", "list", "--json")
     assert code == 0
     assert {s["name"]: s["type"] for s in json.loads(out)} == {"loc": "local", "raw": "local"}
 
@@ -86,19 +72,19 @@ def test_store_list_json(config, capsys):
     (["volume", "clone", "loc/r1", "loc/r2"], "clone needs a snapshot"),
     (["volume", "import", "/nonexistent.raw", "loc/imp"], "/nonexistent.raw does not exist"),
 ])
-def test_bad_input_is_one_line_exit_2(config, capsys, argv, message):
-    run(capsys, "volume", "create", "raw/r1", "1M")
-    code, _, err = run(capsys, *argv)
+def test_bad_input_is_one_line_exit_2(config, cli, argv, message):
+    cli("volume", "create", "raw/r1", "1M")
+    code, _, err = cli(*argv)
     assert code == 2
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_existing_volume_exit_2_and_unreachable_store_exit_1(config, capsys, tmp_path):
-    run(capsys, "volume", "create", "loc/vm", "1M")
-    code, _, err = run(capsys, "volume", "create", "loc/vm", "1M")
+def test_existing_volume_exit_2_and_unreachable_store_exit_1(config, cli, tmp_path):
+    cli("volume", "create", "loc/vm", "1M")
+    code, _, err = cli("volume", "create", "loc/vm", "1M")
     assert code == 2 and "exists already" in err
-    code, _, err = run(capsys, "--config", str(tmp_path / "none.toml"), "volume", "list", "loc")
+    code, _, err = cli("--config", str(tmp_path / "none.toml"), "volume", "list", "loc")
     assert code == 2 and "no config at" in err
 
 
