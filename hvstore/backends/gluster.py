@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 from xml.sax.saxutils import quoteattr
 
 from hvstore.backends.base import Backend, BlockIO, StoreConfig, option
+from hvstore.backends.image_files import QCOW2_FILE_ROWS, RAW_FILE_ROWS
 from hvstore.errors import (
     AlreadyExists,
     BackendUnavailable,
@@ -87,13 +88,10 @@ QCOW2_CAPABILITIES = Capabilities(
     backend="gluster",
     features={
         **_COMMON,
+        **QCOW2_FILE_ROWS,
         Feature.GROW: yes("qemu-img resize on the FUSE mount; online only through QEMU's block_resize",
                           online=False),
-        Feature.SHRINK: yes("qemu-img resize --shrink; refused while snapshots exist", online=False),
         Feature.SNAPSHOT: yes("qcow2 internal snapshot (qemu-img on the FUSE mount)", online=False),
-        Feature.ROLLBACK: yes("qemu-img snapshot -a", online=False),
-        Feature.CLONE: yes("full copy of the snapshot (qemu-img convert -l)"),
-        Feature.FLATTEN: no("clones are independent full copies; nothing to flatten"),
         Feature.IMPORT_EXPORT: yes("through qemu-nbd on the FUSE mount"),
         Feature.THIN: yes("qcow2 allocates on write; sparse files on the bricks"),
     },
@@ -105,12 +103,9 @@ RAW_CAPABILITIES = Capabilities(
     backend="gluster",
     features={
         **_COMMON,
+        **RAW_FILE_ROWS,
         Feature.GROW: yes("ftruncate through libgfapi", online=False),
         Feature.SHRINK: yes("ftruncate through libgfapi", online=False),
-        Feature.SNAPSHOT: no("raw files have no snapshots; use format = 'qcow2'"),
-        Feature.ROLLBACK: no("raw files have no snapshots; use format = 'qcow2'"),
-        Feature.CLONE: no("raw files have no snapshots to clone from; use format = 'qcow2'"),
-        Feature.FLATTEN: no("raw files have no snapshots to clone from"),
         Feature.IMPORT_EXPORT: yes("libgfapi pread/pwrite, sparse-aware (SEEK_DATA)"),
         Feature.THIN: yes("sparse files on the bricks"),
     },

@@ -18,6 +18,7 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from hvstore.backends.base import Backend, BlockIO, StoreConfig, option
+from hvstore.backends.image_files import QCOW2_FILE_ROWS, RAW_FILE_ROWS
 from hvstore.errors import AlreadyExists, Busy, ConfigError, InvalidArgument, NotFound, ToolFailed
 from hvstore.imagefile import FileBlockIO
 from hvstore.model import Capabilities, Feature, SnapshotInfo, VolumeInfo, no, yes
@@ -48,12 +49,9 @@ QCOW2_CAPABILITIES = Capabilities(
     backend="local",
     features={
         **_COMMON,
+        **QCOW2_FILE_ROWS,
         Feature.GROW: yes("qemu-img resize; online only through QEMU's block_resize", online=False),
-        Feature.SHRINK: yes("qemu-img resize --shrink; refused while snapshots exist", online=False),
         Feature.SNAPSHOT: yes("qcow2 internal snapshot", online=False),
-        Feature.ROLLBACK: yes("qemu-img snapshot -a", online=False),
-        Feature.CLONE: yes("full copy of the snapshot (qemu-img convert -l)"),
-        Feature.FLATTEN: no("clones are independent full copies; nothing to flatten"),
         Feature.THIN: yes("qcow2 allocates on write"),
     },
     max_nodes=1,
@@ -64,12 +62,9 @@ RAW_CAPABILITIES = Capabilities(
     backend="local",
     features={
         **_COMMON,
+        **RAW_FILE_ROWS,
         Feature.GROW: yes("truncate", online=False),
         Feature.SHRINK: yes("truncate", online=False),
-        Feature.SNAPSHOT: no("raw files have no snapshots; use format = 'qcow2'"),
-        Feature.ROLLBACK: no("raw files have no snapshots; use format = 'qcow2'"),
-        Feature.CLONE: no("raw files have no snapshots to clone from; use format = 'qcow2'"),
-        Feature.FLATTEN: no("raw files have no snapshots to clone from"),
         Feature.THIN: yes("sparse files"),
     },
     max_nodes=1,
