@@ -6,15 +6,17 @@
     conf = "/var/lib/hvstore/lab/ceph/ceph.conf"
 
 Which file: ``--config``, else ``$HVSTORE_CONFIG``, else the lab's ``hvstore.toml`` (the embedded default,
-written by ``hvstore lab up``). Each store's table is validated by its backend's ``Config`` dataclass when
-the file is loaded, so a typo fails before anything touches a store.
+written by ``hvstore lab up``). Loading checks every store's name and type; a store's table is validated
+by its backend's ``Config`` dataclass the first time that store is used (``store(name)``; ``stores`` does
+all), so a typo fails before anything touches that store, and a command on one store imports only its
+own backend (importing all of them was a large part of a short CLI call).
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +60,32 @@ class StoreEntry:
 @dataclass(frozen=True)
 class HvstoreConfig:
     path: Path
-    stores: dict[str, StoreEntry]
+    tables: dict[str, tuple[str, dict[str, Any]]]  # store name -> (type, its table without "type")
+    # store name -> lockd's [store] table for that store's leases ([lease_stores.NAME]; lockd validates it)
+    lease_stores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _entries: dict[str, StoreEntry] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def stores(self) -> dict[str, StoreEntry]:
+        """Every store, validated (raises ConfigError for the first invalid table)."""
+        return {name: self.store(name) for name in self.tables}
 
     def store(self, name: str) -> StoreEntry:
-        try:
-            return self.stores[name]
-        except KeyError:
-            known = ", ".join(sorted(self.stores)) or "none"
-            raise NotFound(f"unknown store {name!r} in {self.path} (known: {known})") from None
+        """The named store, its table validated on first use; NotFound names the known ones."""
+        if name not in self.tables:
+            known = ", ".join(sorted(self.tables)) or "none"
+            raise NotFound(f"unknown store {name!r} in {self.path} (known: {known})")
+        if name not in self._entries:
+            kind, raw = self.tables[name]
+            self._entries[name] = StoreEntry(name, kind, BACKENDS[kind].Config.from_mapping(name, raw))
+        return self._entries[name]
 
 
 def parse_config(data: dict[str, Any], path: Path) -> HvstoreConfig:
     tables = data.get("stores", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{path}: [stores] must be a table of stores")
-    stores: dict[str, StoreEntry] = {}
+    stores: dict[str, tuple[str, dict[str, Any]]] = {}
     for name, table in tables.items():
         validate_name(name, what="store name")
         if not isinstance(table, dict) or "type" not in table:
@@ -81,8 +94,14 @@ def parse_config(data: dict[str, Any], path: Path) -> HvstoreConfig:
         kind = raw.pop("type")
         if kind not in BACKENDS:
             raise ConfigError(f"{path}: store {name!r} has unknown type {kind!r} (known: {', '.join(BACKENDS)})")
-        stores[name] = StoreEntry(name, kind, BACKENDS[kind].Config.from_mapping(name, raw))
-    return HvstoreConfig(path, stores)
+        stores[name] = (kind, raw)
+    leases = data.get("lease_stores", {})
+    if not isinstance(leases, dict) or not all(isinstance(t, dict) and "type" in t for t in leases.values()):
+        raise ConfigError(f"{path}: [lease_stores] must be tables of lockd stores, each with a 'type'")
+    unknown = sorted(set(leases) - set(stores))
+    if unknown:
+        raise ConfigError(f"{path}: lease store for unknown store {unknown[0]!r}")
+    return HvstoreConfig(path, stores, dict(leases))
 
 
 def load_config(explicit: str | Path | None = None) -> HvstoreConfig:

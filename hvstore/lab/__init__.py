@@ -90,9 +90,10 @@ class LabController:
             service = SERVICES[name](self.lab)
             if not (self.lab.root / name).exists():
                 continue
-            for store, table in service.stores().items():
-                lines.append(f"[stores.{store}]")
-                lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
-                lines.append("")
+            for section, tables in (("stores", service.stores()), ("lease_stores", service.lease_stores())):
+                for store, table in tables.items():
+                    lines.append(f"[{section}.{store}]")
+                    lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+                    lines.append("")
         self.config_path.write_text("\n".join(lines))
         return self.config_path

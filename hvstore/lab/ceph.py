@@ -102,7 +102,7 @@ class CephService(LabService):
         """What the marker records besides the time: a lab of another shape is rebuilt, not half-reused."""
         return f"osds={len(OSD_IDS)} size={POOL_SIZE}"
 
-    def _bootstrapped(self) -> bool:
+    def bootstrapped(self) -> bool:
         return self._marker.exists() and self._shape in self._marker.read_text()
 
     # -- LabService -----------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ class CephService(LabService):
         (after an unclean OSD death clients stall ~10 s on the old address otherwise) and the pool
         answers I/O.
         """
-        if not self._bootstrapped():
+        if not self.bootstrapped():
             self._bootstrap()
             return
         mon_started = False
@@ -154,6 +154,11 @@ class CephService(LabService):
                 "monitors": [f"{LOOPBACK}:{MON_V1_PORT}"],
             }
         }
+
+    def lease_stores(self) -> dict[str, dict[str, Any]]:
+        """lockd's leases for the ``ceph`` store: RADOS objects in the same pool, namespace ``lockd``."""
+        return {"ceph": {"type": "rados", "conf": str(self.conf_path), "pool": POOL, "user": "admin",
+                         "keyring": str(self.keyring_path("admin")), "namespace": "lockd"}}
 
     # -- bootstrap ------------------------------------------------------------------------------------
     def _bootstrap(self) -> None:

@@ -1,4 +1,4 @@
-"""The ``gluster`` lab service: one isolated glusterd, a distribute and a replica-3 volume, FUSE mounts.
+"""The ``gluster`` lab service: one isolated glusterd, distribute and replica-3 volumes, FUSE mounts.
 
 Everything lives under ``<lab>/gluster``: glusterd's state (``state/``, its own UUID and volume store),
 run files and the CLI socket (``run/``), logs (``logs/``), bricks (``bricks/``) and FUSE mountpoints
@@ -11,6 +11,9 @@ Volumes:
 - ``hvrep3``: replica 3 (three bricks on this node) with ``cluster.quorum-type auto`` (a write needs a
   majority of bricks: the minority side of a split refuses it) and the settings measured to make
   lock-protected read-modify-write safe (eager-lock and every client cache off; ENVIRONMENT.md).
+- ``hvlease``: lockd's lease store, a volume of its own with ``hvrep3``'s settings, so lease I/O never
+  queues behind image I/O on the same bricks and a brick of the image volume can be killed (node-loss
+  scenario) without touching the leases of every volume. No images in it.
 
 Processes: glusterd runs in the foreground under the lab's reaper, which is a child subreaper, so the
 bricks and the self-heal daemon that glusterd double-forks stay its descendants: stopping glusterd's
@@ -72,20 +75,23 @@ class VolumeSpec:
     bricks: int
     replica: int
     options: dict[str, str] = field(default_factory=dict)
-    store: str = ""
+    store: str = ""  # the hvstore store of its images; "" for a volume that holds none (the lease volume)
     image_format: str = "qcow2"
 
 
 VOLUMES: tuple[VolumeSpec, ...] = (
     VolumeSpec("hvdist", bricks=2, replica=1, store="gluster-dist", image_format="raw"),
     VolumeSpec("hvrep3", bricks=3, replica=3, options=SAFE_RMW_OPTIONS, store="gluster", image_format="qcow2"),
+    VolumeSpec("hvlease", bricks=3, replica=3, options=SAFE_RMW_OPTIONS),
 )
+LEASE_VOLUME = "hvlease"
+LEASE_ROOT = "/lockd"
 IMAGES_DIR = "images"
 
 
 class GlusterService(LabService):
     name = "gluster"
-    description = "glusterd 10 with a distribute and a replica-3 (quorum auto) volume"
+    description = "glusterd 10 with a distribute and a replica-3 (quorum auto) volume, and lockd's lease volume"
 
     @property
     def paths(self) -> GlusterdPaths:
@@ -159,7 +165,14 @@ class GlusterService(LabService):
                 "gfapi_log": str(self.paths.log_dir / "gfapi.log"),
             }
             for spec in VOLUMES
+            if spec.store
         }
+
+    def lease_stores(self) -> dict[str, dict[str, Any]]:
+        """lockd's leases for both image stores: files on the dedicated replica-3 volume."""
+        table = {"type": "gluster", "volume": LEASE_VOLUME, "server": "127.0.0.1", "port": GLUSTERD_PORT,
+                 "root": LEASE_ROOT}
+        return {spec.store: dict(table) for spec in VOLUMES if spec.store}
 
     # -- helpers ------------------------------------------------------------------------------------
     def gluster(self, *args: str, timeout_s: float = 60) -> str:
@@ -232,6 +245,9 @@ class GlusterService(LabService):
 
     def _images_dir_ready(self, spec: VolumeSpec) -> bool:
         try:
+            if not spec.store:
+                os.listdir(self.mountpoint(spec.name))  # no images here; the volume just has to answer
+                return True
             (self.mountpoint(spec.name) / IMAGES_DIR).mkdir(exist_ok=True)
         except OSError:  # ENOTCONN while the client has not reconnected to enough bricks yet
             return False

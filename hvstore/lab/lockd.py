@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hvstore.lab.ceph import CephService
 from hvstore.lab.service import LabService, wait_until
 
 HOST_ID = "hosta"
@@ -59,11 +60,9 @@ class LockdService(LabService):
         return str(self.lock_socket)
 
     def daemon_config(self) -> dict[str, Any]:
-        ceph = self.lab.root / "ceph"
-        if (ceph / "bootstrapped").exists():
-            store: dict[str, Any] = {"type": "rados", "conf": str(ceph / "ceph.conf"), "pool": "hvstore",
-                                     "keyring": str(ceph / "keyrings" / "ceph.client.admin.keyring"), "user": "admin",
-                                     "namespace": "lockd"}
+        ceph = CephService(self.lab)
+        if ceph.bootstrapped():
+            store = ceph.lease_stores()["ceph"]
         else:
             store = {"type": "file", "path": str(self.dir / "leases")}
         return {

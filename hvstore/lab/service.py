@@ -192,6 +192,11 @@ class LabService(ABC):
         """hvstore.toml tables (``{store name: {type: ..., ...}}``) this service provides while running."""
         return {}
 
+    def lease_stores(self) -> dict[str, dict[str, Any]]:
+        """Where lockd keeps the leases of this service's stores, in the same storage as the disks:
+        ``{store name: lockd [store] table}`` (hvstore.toml ``[lease_stores.NAME]``)."""
+        return {}
+
     def status(self) -> ServiceStatus:
         processes = tuple(self.lab.process_status(n) for n in self.process_names)
         running = bool(processes) and all(p.running for p in processes)

@@ -352,12 +352,14 @@ def test_replica3_majority_keeps_writing_with_one_brick_down(gluster, rep3, scra
         assert gluster.health()[0]
 
 
-def test_lab_status_shows_both_volumes(lab, gluster):
+def test_lab_status_shows_every_volume(lab, gluster):
     (status,) = lab.status(["gluster"])
     assert status.running and status.healthy
     assert "hvdist (distribute): 2/2 bricks up" in status.detail
     assert "hvrep3 (replica 3, quorum auto): 3/3 bricks up" in status.detail
-    assert {p.name for p in status.processes} == {"glusterd", "gluster-fuse-hvdist", "gluster-fuse-hvrep3"}
+    assert "hvlease (replica 3, quorum auto): 3/3 bricks up" in status.detail
+    assert {p.name for p in status.processes} == {"glusterd", "gluster-fuse-hvdist", "gluster-fuse-hvrep3",
+                                                  "gluster-fuse-hvlease"}
 
 
 def test_start_after_a_killed_fuse_client_remounts(gluster):

@@ -26,7 +26,18 @@ def test_parse_local_store(tmp_path):
 ])
 def test_config_errors_are_one_clear_line(table, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        parse_config({"stores": {"s": table}}, Path("x.toml"))
+        parse_config({"stores": {"s": table}}, Path("x.toml")).store("s")
+
+
+def test_a_store_table_is_validated_when_that_store_is_used(tmp_path):
+    config = parse_config({"stores": {"good": {"type": "local", "path": str(tmp_path)},
+                                      "typo": {"type": "local", "path": str(tmp_path), "colour": "red"}}},
+                          Path("x.toml"))
+    assert config.store("good").config.path == str(tmp_path)
+    with pytest.raises(ConfigError, match="colour"):
+        config.store("typo")
+    with pytest.raises(ConfigError, match="colour"):
+        config.stores  # noqa: B018 - every store, so the typo shows
 
 
 def test_unknown_store_names_the_known_ones(tmp_path):
@@ -58,3 +69,22 @@ def test_secrets_are_masked():
 
     cfg = WithSecret.from_mapping("s", {"user": "u", "password": "hunter2"})
     assert cfg.public() == {"user": "u", "password": "********"}
+
+
+def test_lease_stores_name_where_a_stores_leases_live(tmp_path):
+    leases = {"type": "file", "path": str(tmp_path / "leases")}
+    config = parse_config({"stores": {"fast": {"type": "local", "path": str(tmp_path)}},
+                           "lease_stores": {"fast": leases}}, Path("x.toml"))
+    assert config.lease_stores == {"fast": leases}
+    assert parse_config({"stores": {}}, Path("x.toml")).lease_stores == {}
+
+
+@pytest.mark.parametrize(("lease_stores", "message"), [
+    ({"fast": {"path": "/x"}}, "each with a 'type'"),
+    ({"fast": "rados"}, "each with a 'type'"),
+    ({"slow": {"type": "file", "path": "/x"}}, "lease store for unknown store 'slow'"),
+])
+def test_lease_store_errors_are_one_clear_line(tmp_path, lease_stores, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"stores": {"fast": {"type": "local", "path": str(tmp_path)}}, "lease_stores": lease_stores},
+                     Path("x.toml"))
