@@ -1,26 +1,27 @@
-"""``hvstore bench io``: the workload profiles on every store, through one engine, with a local baseline.
+"""``hvstore bench io``: the workload profiles on every store through one engine, with a local baseline.
 
-Every store gets a scratch volume (``bench-io-<random>``, always deleted) and every profile of
-``hvstore.bench.profiles`` runs on it through ``qemu-img bench -t none -i native|io_uring`` on the
-store's own URI and format (``Backend.uri``/``qemu_format``), the same engine for every backend. The
-baseline is a raw file in ``/var/tmp`` (or ``workdir``) measured in the same run with the same settings.
+Engine: fio's nbd engine (libnbd) into a private ``qemu-nbd`` that opens the volume's own URI and format
+(``Backend.uri``/``qemu_format``) with ``cache=none``, ``aio=native|io_uring``, ``discard=unmap``
+(``hvstore.bench.qemu_export``). QEMU's block layer is in the path exactly as for a VM's disk, the
+offsets of the ``rand`` profiles are truly random, and every request's latency is measured (mean, p50,
+p99). The baseline is a raw file in ``/var/tmp`` (or ``workdir``) served and measured the same way in
+the same run, so ratios cancel the engine's own cost and the machine's load.
 
-Every volume (and the baseline file) is written once in full before the profiles run, so reads read
-data. Each profile runs twice: a short pilot to estimate the request rate, then a count scaled so the run
-takes about ``seconds``; the figure is the second run. Mean latency is ``seconds x depth / requests``
-(Little's law; exact at QD1), not a percentile: qemu-img bench reports only the total time.
-Figures only, never pass/fail; ratios are against the baseline of the same run. What it cannot tell:
-the lab runs every "node" on one machine, so network stores measure their software path, not a network.
-With ``fio`` the same profiles also run through fio where it has an engine for the store (the baseline
-file and raw local files: libaio, O_DIRECT; rbd: its rbd engine with ``rbd_cache=false`` as QEMU's
-cache=none sets), with true random offsets and a p99 latency: a cross-check of the engine.
-A store whose volumes QEMU cannot open on this host (DRBD: the devices are inside the node VMs) gets a
-``skipped`` reason instead of figures.
+Order: every volume (and the baseline) is written once in full first, untimed, so reads read data; then
+for each profile, each round measures the baseline and every store back to back (interleaved, so a load
+change hits all of them alike). A figure is the round with the median IOPS; every round's IOPS is kept.
+Optional cross-check (``cross_check``): the same profiles once through fio's own engine where it has one
+(libaio O_DIRECT on the baseline file, rbd via librbd), i.e. without QEMU.
+
+What it cannot tell: the lab runs every "node" on one machine, so network stores measure their software
+path, not a network. A store whose volumes this host's QEMU cannot open (DRBD: the devices exist only in
+the node VMs) gets a ``skipped`` reason instead of figures. Scratch volumes (``bench-io-<random>``) and the
+baseline file are always deleted.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import platform
 import re
@@ -28,19 +29,35 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hvstore.bench.fio import (
+    FioResult,
+    FioTarget,
+    file_target,
+    fill_argv,
+    nbd_target,
+    parse_fio_json,
+    profile_argv,
+    rbd_target,
+)
 from hvstore.bench.profiles import Profile
+from hvstore.bench.qemu_export import QemuNbdExport
 from hvstore.errors import HvstoreError, InvalidArgument
 from hvstore.run import run
 from hvstore.service import VolumeService
 
 BASELINE = "baseline"
 AIO_MODES = ("native", "io_uring")
-MAX_REQUESTS = 5_000_000
-_COMPLETED = re.compile(r"Run completed in ([0-9.]+) seconds")
+ENGINE = "fio nbd -> qemu-nbd"
+FILL_TIMEOUT_S = 900.0
+# Why fio's own engines do not cross-check these URI kinds here.
+NO_CROSS_CHECK = {
+    "iscsi": "Debian's fio has no libiscsi engine",
+    "gluster": "fio's gfapi engine mounts and unmounts (~10 s glfs_fini) for every job: not run",
+}
 
 Log = Callable[[str], None]
 
@@ -49,30 +66,20 @@ Log = Callable[[str], None]
 class Figure:
     store: str
     profile: str
+    engine: str
     requests: int
     seconds: float
     iops: float
     mib_per_s: float
     mean_latency_ms: float
-    iops_vs_baseline: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class FioFigure:
-    """The same profile through fio (true random offsets), where fio has an engine for the store."""
-
-    store: str
-    profile: str
-    engine: str
-    iops: float
-    mean_latency_ms: float
+    p50_latency_ms: float | None
     p99_latency_ms: float | None
+    rounds_iops: tuple[float, ...] = ()  # every round's IOPS; the figure is the median round
+    iops_vs_baseline: float | None = None
+    p99_vs_baseline: float | None = None  # > 1: slower than the baseline at the 99th percentile
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "rounds_iops": list(self.rounds_iops)}
 
 
 @dataclass
@@ -81,141 +88,117 @@ class StoreRun:
     backend: str
     qemu_format: str | None = None
     uri_kind: str | None = None  # the URI's scheme (file, rbd, gluster, iscsi)
+    engine: str = ""  # the qemu-nbd command line every figure of this store went through
     figures: list[Figure] = field(default_factory=list)
     skipped: str | None = None  # why this store has no figures
-    fio: list[FioFigure] = field(default_factory=list)
-    fio_note: str = ""  # why there are no fio figures, or what fio ran with
+    fio: list[Figure] = field(default_factory=list)  # cross-check through fio's own engine, without QEMU
+    fio_note: str = ""  # which engine the cross-check used, or why there is none
 
     def to_json(self) -> dict[str, Any]:
         return {"store": self.store, "backend": self.backend, "qemu_format": self.qemu_format,
-                "uri_kind": self.uri_kind, "skipped": self.skipped, "figures": [f.to_json() for f in self.figures],
-                "fio": [f.to_json() for f in self.fio], "fio_note": self.fio_note}
+                "uri_kind": self.uri_kind, "engine": self.engine, "skipped": self.skipped,
+                "figures": [f.to_json() for f in self.figures], "fio": [f.to_json() for f in self.fio],
+                "fio_note": self.fio_note}
+
+
+@dataclass
+class _Target:
+    """A store ready to measure: its result, the fio target through qemu-nbd, and the cross-check."""
+
+    result: StoreRun
+    export: QemuNbdExport
+    main: FioTarget
+    cross: FioTarget | str  # fio's own engine, or why there is none
+    samples: dict[str, list[FioResult]] = field(default_factory=dict)
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        return run(argv, timeout_s=30).stdout.strip().splitlines()[0]
+    except (HvstoreError, IndexError):
+        return "?"
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def machine_facts() -> dict[str, Any]:
     """What the figures depend on besides the store: recorded with every run."""
-    load1, load5, load15 = os.getloadavg()
-    version = run(["qemu-img", "--version"], timeout_s=30).stdout.splitlines()[0]
-    mem_kib = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                    if line.startswith("MemTotal:")), 0)
-    return {"hostname": platform.node(), "kernel": platform.release(), "nproc": os.cpu_count(),
-            "memory_mib": mem_kib // 1024, "load_average": [round(load1, 2), round(load5, 2), round(load15, 2)],
-            "qemu_img": version, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kib = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:")), 0)
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu_model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    return {"hostname": platform.node(), "kernel": platform.release(), "cpu_model": cpu_model,
+            "nproc": os.cpu_count(), "memory_mib": mem_kib // 1024, "load_average": _load(),
+            "qemu_img": _first_line(["qemu-img", "--version"]), "qemu_nbd": _first_line(["qemu-nbd", "--version"]),
+            "fio": _first_line(["fio", "--version"]), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def qemu_img_bench(uri: str, fmt: str, profile: Profile, requests: int, *, aio: str) -> float:
-    """One ``qemu-img bench`` run; returns the seconds it reports."""
-    argv = ["qemu-img", "bench", "-f", fmt, "-t", "none", "-i", aio, "-c", str(requests), "-d", str(profile.depth),
-            "-s", str(profile.block_bytes), "-S", str(profile.step_bytes), *(["-w"] if profile.write else []), uri]
-    done = run(argv, timeout_s=600.0)
-    match = _COMPLETED.search(done.stdout)
-    if not match:
-        raise InvalidArgument(f"qemu-img bench printed no time: {done.stdout.strip()[-200:]}")
-    return max(float(match.group(1)), 1e-6)
+def run_fio(argv: list[str], target: FioTarget, *, write: bool, timeout_s: float) -> FioResult:
+    return parse_fio_json(run(argv, timeout_s=timeout_s, env=target.env).stdout, write=write)
 
 
-def prefill(uri: str, fmt: str, size_bytes: int) -> None:
-    """Write the whole volume once, untimed: reads of never-written blocks of a thin volume cost nothing
-    and would flatter every store (a profile list without the writes would otherwise read holes)."""
-    fill = Profile("prefill", 1 << 20, 4, True, False, 1)
-    qemu_img_bench(uri, fmt, fill, max(1, size_bytes >> 20), aio="threads")
+def median_figure(store: str, profile: str, engine: str, samples: list[FioResult]) -> Figure:
+    """The round with the median IOPS (the lower middle one of an even count), with every round's IOPS."""
+    ordered = sorted(samples, key=lambda s: s.iops)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    return Figure(store, profile, engine, chosen.requests, chosen.seconds, chosen.iops, chosen.mib_per_s,
+                  chosen.mean_latency_ms, chosen.p50_latency_ms, chosen.p99_latency_ms,
+                  tuple(s.iops for s in samples))
 
 
-def measure(store: str, uri: str, fmt: str, profile: Profile, *, seconds: float, aio: str) -> Figure:
-    """Pilot, then a run scaled to about ``seconds``."""
-    pilot = qemu_img_bench(uri, fmt, profile, profile.pilot_requests, aio=aio)
-    requests = int(profile.pilot_requests * seconds / pilot)
-    requests = max(profile.pilot_requests, min(MAX_REQUESTS, requests - requests % profile.depth or profile.depth))
-    took = qemu_img_bench(uri, fmt, profile, requests, aio=aio)
-    iops = requests / took
-    return Figure(store, profile.name, requests, round(took, 3), round(iops, 1),
-                  round(iops * profile.block_bytes / (1 << 20), 2), round(took * profile.depth / requests * 1e3, 4))
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return round(value / base, 3) if value is not None and base else None
 
 
 def with_ratios(figures: list[Figure], baseline: dict[str, Figure]) -> list[Figure]:
     out = []
     for figure in figures:
         base = baseline.get(figure.profile)
-        ratio = round(figure.iops / base.iops, 3) if base and base.iops else None
-        out.append(Figure(**{**asdict(figure), "iops_vs_baseline": ratio}))
+        out.append(replace(figure, iops_vs_baseline=_ratio(figure.iops, base.iops if base else None),
+                           p99_vs_baseline=_ratio(figure.p99_latency_ms, base.p99_latency_ms if base else None)))
     return out
 
 
-def fio_profile(store: str, profile: Profile, target: list[str], engine: str, *, seconds: float,
-                env: dict[str, str] | None = None) -> FioFigure:
-    """One fio job of ``profile`` on ``target`` (engine options), time-based; figures from fio's JSON."""
-    rw = ("rand" if profile.scattered else "") + ("write" if profile.write else "read")
-    argv = ["fio", "--name=hvstore", f"--ioengine={engine}", *target, f"--rw={rw}", f"--bs={profile.block_bytes}",
-            f"--iodepth={profile.depth}", f"--runtime={max(1, round(seconds))}", "--time_based",
-            "--output-format=json", "--randrepeat=0"]
-    done = run(argv, timeout_s=seconds * 4 + 120, env=env)
-    try:
-        job = json.loads(done.stdout[done.stdout.index("{"):])["jobs"][0]["write" if profile.write else "read"]
-    except (ValueError, KeyError, IndexError):
-        raise InvalidArgument(f"fio printed no figures: {done.stdout.strip()[-200:]}") from None
-    p99 = job.get("clat_ns", {}).get("percentile", {}).get("99.000000")
-    return FioFigure(store, profile.name, engine, round(job["iops"], 1), round(job["lat_ns"]["mean"] / 1e6, 4),
-                     round(p99 / 1e6, 4) if p99 else None)
+def _uri_kind(uri: str) -> str:
+    return uri.split(":", 1)[0] if re.match(r"^[a-z+]+:", uri) else "file"
 
 
-def _fio_target(backend: Any, name: str, uri: str, fmt: str) -> tuple[str, list[str], dict[str, str]] | str:
-    """(engine, options, env) for fio on this volume, or why fio cannot run on it here."""
-    if fmt != "raw":
-        return f"fio reads raw bytes; this store's volumes are {fmt}"
-    if backend.kind == "rbd":
-        cfg = backend.config
-        env = {"CEPH_CONF": cfg.conf, "CEPH_ARGS": "--rbd_cache=false"}  # as QEMU's cache=none
-        if cfg.keyring:
-            env["CEPH_KEYRING"] = cfg.keyring
-        return "rbd", [f"--clientname={cfg.user}", f"--pool={cfg.pool}", f"--rbdname={name}"], env
-    if uri.startswith("/") and Path(uri).is_file():
-        return "libaio", [f"--filename={uri}", "--direct=1"], {}
-    return f"fio has no engine for {uri.split(':', 1)[0]} volumes here (fio runs on files and rbd)"
+def _export(stack: contextlib.ExitStack, result: StoreRun, uri: str, fmt: str, aio: str) -> QemuNbdExport:
+    export = stack.enter_context(QemuNbdExport(uri, fmt, aio=aio))
+    settings = [arg for arg in export.argv[:-1] if not arg.startswith("--socket=")]  # the socket is temporary
+    result.engine = f"fio --ioengine=nbd -> {' '.join(settings)} <{_uri_kind(uri)} uri>"
+    return export
 
 
-def run_fio(result: StoreRun, target: tuple[str, list[str], dict[str, str]] | str, profiles: list[Profile],
-            seconds: float, log: Log) -> None:
-    if isinstance(target, str):
-        result.fio_note = target
-        return
-    if not shutil.which("fio"):
-        result.fio_note = "fio is not installed (Debian: fio)"
-        return
-    engine, options, env = target
-    try:
-        for profile in profiles:
-            log(f"{result.store}: fio {profile.name}")
-            result.fio.append(fio_profile(result.store, profile, options, engine, seconds=seconds, env=env))
-        result.fio_note = f"fio --ioengine={engine}" + (" (rbd_cache=false)" if engine == "rbd" else " --direct=1")
-    except HvstoreError as exc:
-        result.fio.clear()
-        result.fio_note = f"fio failed: {exc}"
-
-
-def run_baseline(profiles: list[Profile], *, size_bytes: int, seconds: float, aio: str, workdir: Path,
-                 log: Log, fio: bool = False) -> StoreRun:
+def _prepare_baseline(stack: contextlib.ExitStack, workdir: Path, size_bytes: int, aio: str) -> _Target:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"hvstore-bench-io-{uuid.uuid4().hex[:8]}.raw"
+    stack.callback(path.unlink, missing_ok=True)
+    run(["qemu-img", "create", "-q", "-f", "raw", str(path), str(size_bytes)], timeout_s=60)
     result = StoreRun(BASELINE, "raw file", "raw", "file")
-    try:
-        run(["qemu-img", "create", "-q", "-f", "raw", str(path), str(size_bytes)], timeout_s=60)
-        log(f"{BASELINE}: writing the whole file once")
-        prefill(str(path), "raw", size_bytes)
-        for profile in profiles:
-            log(f"{BASELINE}: {profile.name}")
-            result.figures.append(measure(BASELINE, str(path), "raw", profile, seconds=seconds, aio=aio))
-        if fio:
-            run_fio(result, ("libaio", [f"--filename={path}", "--direct=1"], {}), profiles, seconds, log)
-    finally:
-        path.unlink(missing_ok=True)
-    return result
+    export = _export(stack, result, str(path), "raw", aio)
+    return _Target(result, export, nbd_target(export.nbd_uri), file_target(str(path)))
 
 
-def run_store(service: VolumeService, store: str, profiles: list[Profile], *, size_bytes: int, seconds: float,
-              aio: str, log: Log, fio: bool = False) -> StoreRun:
-    """The profiles on one store's scratch volume; a store QEMU cannot reach here gets ``skipped``."""
-    entry = service.config.store(store)
-    result = StoreRun(store, entry.kind)
+def _cross_target(backend: Any, name: str, uri: str, fmt: str) -> FioTarget | str:
+    """fio's own engine for this volume (no QEMU), or why there is none here."""
+    if fmt != "raw":
+        return f"fio's own engines read raw bytes; this store's volumes are {fmt}"
+    if backend.kind == "rbd":
+        cfg = backend.config
+        return rbd_target(pool=cfg.pool, image=name, user=cfg.user, conf=cfg.conf, keyring=cfg.keyring)
+    if _uri_kind(uri) == "file":
+        return file_target(uri)
+    why = NO_CROSS_CHECK.get(_uri_kind(uri), "fio has no engine of its own for it")
+    return f"no cross-check for {_uri_kind(uri)}: {why}"
+
+
+def _prepare_store(stack: contextlib.ExitStack, service: VolumeService, store: str, size_bytes: int, aio: str,
+                   log: Log) -> _Target | StoreRun:
+    """A scratch volume on ``store`` served by qemu-nbd, or a StoreRun that says why not."""
+    result = StoreRun(store, service.config.store(store).kind)
     name = f"bench-io-{uuid.uuid4().hex[:8]}"
     try:
         backend = service.backend(store)
@@ -224,55 +207,112 @@ def run_store(service: VolumeService, store: str, profiles: list[Profile], *, si
     except HvstoreError as exc:
         result.skipped = f"cannot create a scratch volume: {exc}"
         return result
-    try:
-        uri = backend.uri(name)
-        result.qemu_format = fmt = backend.qemu_format(name)
-        result.uri_kind = uri.split(":", 1)[0] if re.match(r"^[a-z+]+:", uri) else "file"
-        if result.uri_kind == "file" and not Path(uri).exists():
-            result.skipped = f"{uri} is not on this host (the volume lives inside the store's nodes)"
-            return result
-        log(f"{store}: writing the whole volume once")
-        prefill(uri, fmt, size_bytes)
-        for profile in profiles:
-            log(f"{store}: {profile.name}")
-            result.figures.append(measure(store, uri, fmt, profile, seconds=seconds, aio=aio))
-        if fio:
-            run_fio(result, _fio_target(backend, name, uri, fmt), profiles, seconds, log)
-    except HvstoreError as exc:
-        result.skipped = f"qemu-img bench failed: {exc}"
-        result.figures.clear()  # half a store's figures would compare unlike with like
-    finally:
+
+    def delete() -> None:
         try:
             backend.delete(name, force=True)
         except HvstoreError as exc:
             log(f"{store}: could not delete {name}: {exc}")
-    return result
+
+    stack.callback(delete)  # registered before the export: the export stops first
+    try:
+        uri = backend.uri(name)
+        result.qemu_format = fmt = backend.qemu_format(name)
+        result.uri_kind = _uri_kind(uri)
+        if result.uri_kind == "file" and not Path(uri).exists():
+            result.skipped = f"{uri} is not on this host (the volume lives inside the store's nodes)"
+            return result
+        export = _export(stack, result, uri, fmt, aio)
+    except HvstoreError as exc:
+        result.skipped = f"qemu-nbd cannot serve the volume: {exc}"
+        return result
+    return _Target(result, export, nbd_target(export.nbd_uri), _cross_target(backend, name, uri, fmt))
+
+
+def _fail(target: _Target, what: str, exc: HvstoreError) -> None:
+    target.result.skipped = f"{what} failed: {exc}"
+    target.samples.clear()  # half a store's figures would compare unlike with like
+
+
+def _cross_check(target: _Target, profiles: list[Profile], runtime_s: float, log: Log) -> None:
+    if isinstance(target.cross, str):
+        target.result.fio_note = target.cross
+        return
+    target.export.stop()  # fio's engine alone on the volume (no idle librbd client holding its lock)
+    try:
+        for profile in profiles:
+            log(f"{target.result.store}: cross-check {target.cross.label} {profile.name}")
+            sample = run_fio(profile_argv(target.cross, profile, runtime_s=runtime_s), target.cross,
+                             write=profile.write, timeout_s=runtime_s * 4 + 120)
+            target.result.fio.append(median_figure(target.result.store, profile.name, target.cross.label, [sample]))
+        settings = {"libaio": " --direct=1", "rbd": " (rbd_cache=false)"}.get(target.cross.engine, "")
+        target.result.fio_note = f"{target.cross.label}{settings}"
+    except HvstoreError as exc:
+        target.result.fio.clear()
+        target.result.fio_note = f"{target.cross.label} failed: {exc}"
 
 
 def run_io_bench(service: VolumeService, stores: list[str], profiles: list[Profile], *, seconds: float = 3.0,
-                 size_bytes: int = 256 << 20, aio: str = "native", workdir: Path | None = None,
-                 fio: bool = False, log: Log = lambda _line: None) -> dict[str, Any]:
-    """Baseline first, then every store; returns the JSON document (machine facts, figures, ratios)."""
+                 rounds: int = 1, size_bytes: int = 256 << 20, aio: str = "native", workdir: Path | None = None,
+                 cross_check: bool = False, log: Log = lambda _line: None) -> dict[str, Any]:
+    """Baseline and every store, interleaved per profile and round; returns the JSON document (machine facts
+    with the load before and after, every figure with its engine, ratios against the baseline)."""
     if aio not in AIO_MODES:
         raise InvalidArgument(f"aio must be one of {', '.join(AIO_MODES)}")
     if seconds <= 0:
-        raise InvalidArgument("seconds must be positive")
-    if not shutil.which("qemu-img"):
-        raise InvalidArgument("qemu-img is not installed (Debian: qemu-utils)")
+        raise InvalidArgument("seconds per profile must be positive")
+    if rounds < 1:
+        raise InvalidArgument("rounds must be at least 1")
+    for tool, package in (("fio", "fio"), ("qemu-nbd", "qemu-utils"), ("qemu-img", "qemu-utils")):
+        if not shutil.which(tool):
+            raise InvalidArgument(f"{tool} is not installed (Debian: {package})")
     facts = machine_facts()
     started = time.monotonic()
-    baseline = run_baseline(profiles, size_bytes=size_bytes, seconds=seconds, aio=aio,
-                            workdir=workdir or Path(os.environ.get("TMPDIR", "/var/tmp")), log=log, fio=fio)
-    by_profile = {f.profile: f for f in baseline.figures}
-    runs = [baseline]
-    for store in stores:
-        store_run = run_store(service, store, profiles, size_bytes=size_bytes, seconds=seconds, aio=aio, log=log,
-                              fio=fio)
+    profile_timeout = seconds * 4 + 120
+    with contextlib.ExitStack() as stack:
+        baseline = _prepare_baseline(stack, workdir or Path(os.environ.get("TMPDIR", "/var/tmp")), size_bytes, aio)
+        prepared = [baseline] + [_prepare_store(stack, service, store, size_bytes, aio, log) for store in stores]
+        active = [t for t in prepared if isinstance(t, _Target)]
+        for target in list(active):
+            log(f"{target.result.store}: writing the whole volume once")
+            try:
+                run(fill_argv(target.main), timeout_s=FILL_TIMEOUT_S)
+            except HvstoreError as exc:
+                if target is baseline:
+                    raise
+                _fail(target, "writing the volume", exc)
+                active.remove(target)
+        for profile in profiles:
+            for _round in range(rounds):
+                for target in list(active):
+                    log(f"{target.result.store}: {profile.name}")
+                    argv = profile_argv(target.main, profile, runtime_s=seconds)
+                    try:
+                        sample = run_fio(argv, target.main, write=profile.write, timeout_s=profile_timeout)
+                    except HvstoreError as exc:
+                        if target is baseline:
+                            raise
+                        _fail(target, f"fio {profile.name}", exc)
+                        active.remove(target)
+                        continue
+                    target.samples.setdefault(profile.name, []).append(sample)
+        if cross_check:
+            for target in active:
+                _cross_check(target, profiles, seconds, log)
+    # the exports are stopped and the scratch volumes deleted here
+    runs = []
+    for item in prepared:
+        if isinstance(item, StoreRun):
+            runs.append(item)
+            continue
+        item.result.figures = [median_figure(item.result.store, name, ENGINE, samples)
+                               for name, samples in item.samples.items()]
+        runs.append(item.result)
+    by_profile = {f.profile: f for f in baseline.result.figures}
+    for store_run in runs:
         store_run.figures = with_ratios(store_run.figures, by_profile)
-        runs.append(store_run)
-    baseline.figures = with_ratios(baseline.figures, by_profile)
-    load1, load5, load15 = os.getloadavg()
-    facts["load_average_after"] = [round(load1, 2), round(load5, 2), round(load15, 2)]
-    return {"engine": f"qemu-img bench -t none -i {aio}", "seconds_per_profile": seconds, "volume_bytes": size_bytes,
+    facts["load_average_after"] = _load()
+    return {"engine": f"{ENGINE} (QEMU block layer: cache=none, aio={aio}, discard=unmap); true random offsets",
+            "aio": aio, "seconds_per_profile": seconds, "rounds": rounds, "volume_bytes": size_bytes,
             "profiles": [p.to_json() for p in profiles], "machine": facts,
             "elapsed_s": round(time.monotonic() - started, 1), "stores": [r.to_json() for r in runs]}

@@ -78,13 +78,16 @@ def domain_start(runs: int = typer.Option(9, min=1, help="measured starts per co
 @app.command("io")
 def io(stores: list[str] = typer.Argument(..., metavar="STORE...", help="stores to measure"),
        profiles: list[str] = typer.Option(None, "--profile", "-p", help="profile (repeat; default: all)"),
-       seconds: float = typer.Option(3.0, min=0.1, help="seconds per profile (after a short pilot run)"),
-       size: str = typer.Option("256M", help="size of each scratch volume"),
-       aio: str = typer.Option("native", help="native or io_uring"),
-       fio: bool = typer.Option(True, help="also run the profiles through fio where it has an engine (files, rbd)"),
+       runtime: float = typer.Option(3.0, "--runtime", "--seconds", min=0.1, help="seconds per profile and round"),
+       rounds: int = typer.Option(1, min=1, help="rounds per profile (interleaved; the median round is shown)"),
+       size: str = typer.Option("256M", help="size of each scratch volume (written once in full first)"),
+       aio: str = typer.Option("native", help="qemu-nbd's aio mode: native or io_uring"),
+       cross_check: bool = typer.Option(False, help="also run each profile once through fio's own engine where "
+                                        "it has one, without QEMU (libaio on the baseline file, rbd)"),
        as_json: bool = JsonOption) -> None:
-    """4 KiB scattered and 1 MiB sequential reads/writes through qemu-img bench (cache=none) on each store and
-    on a raw file baseline, in one run; prints IOPS, MiB/s, mean latency and ratios vs the baseline."""
+    """4 KiB random (QD1, QD32) and 1 MiB sequential reads/writes on each store and on a raw file baseline,
+    in one run: fio's nbd engine into qemu-nbd (cache=none, aio=native|io_uring) on the volume's own URI.
+    Prints IOPS, MiB/s, mean/p50/p99 latency and ratios vs the baseline, with the machine and its load."""
     from hvstore.bench.profiles import select_profiles
     from hvstore.bench.runner import run_io_bench
     from hvstore.cli.context import volume_service
@@ -93,22 +96,39 @@ def io(stores: list[str] = typer.Argument(..., metavar="STORE...", help="stores 
     with volume_service() as service:
         for name in stores:
             service.config.store(name)
-        result = run_io_bench(service, stores, chosen, seconds=seconds, size_bytes=parse_size(size), aio=aio,
-                              fio=fio, log=lambda line: info(f"[dim]{line}[/dim]"))
+        result = run_io_bench(service, stores, chosen, seconds=runtime, rounds=rounds, size_bytes=parse_size(size),
+                              aio=aio, cross_check=cross_check, log=lambda line: info(f"[dim]{line}[/dim]"))
     if as_json:
         print_json(result)
         return
     machine = result["machine"]
+    many = result["rounds"] > 1
     rows = []
     for run in result["stores"]:
         if run["skipped"]:
-            rows.append((run["store"], "-", f"skipped: {run['skipped']}", "", "", "", ""))
+            rows.append((run["store"], f"skipped: {run['skipped']}", "", "", "", "", *([""] if many else [])))
         for f in run["figures"]:
-            rows.append((run["store"], f["profile"], f"{f['iops']:,.0f}", f"{f['mib_per_s']:.1f}",
-                         f"{f['mean_latency_ms']:.3f}", f["iops_vs_baseline"], f["requests"]))
-        for f in run.get("fio", []):
-            rows.append((run["store"], f"{f['profile']} (fio {f['engine']})", f"{f['iops']:,.0f}", "",
-                         f"{f['mean_latency_ms']:.3f} (p99 {f['p99_latency_ms']})", "", ""))
-    table(f"{result['engine']}; {machine['nproc']} CPUs, load {machine['load_average']} -> "
-          f"{machine['load_average_after']}, kernel {machine['kernel']}",
-          ["store", "profile", "IOPS", "MiB/s", "mean lat ms", "x baseline", "requests"], rows)
+            rows.append((run["store"], f["profile"], f"{f['iops']:,.0f}", f"{f['mib_per_s']:.1f}", _latency(f),
+                         f"{f['iops_vs_baseline']} / {f['p99_vs_baseline']}",
+                         *([" ".join(f"{x:,.0f}" for x in f["rounds_iops"])] if many else [])))
+        for f in run["fio"]:
+            rows.append((run["store"], f"{f['profile']} [{f['engine']}, no QEMU]", f"{f['iops']:,.0f}",
+                         f"{f['mib_per_s']:.1f}", _latency(f), "", *([""] if many else [])))
+    table(f"{result['engine']}; {machine['cpu_model']}, {machine['nproc']} CPUs, kernel {machine['kernel']}; "
+          f"load {machine['load_average']} -> {machine['load_average_after']}; {result['seconds_per_profile']} s x "
+          f"{result['rounds']} round(s) per profile",
+          ["store", "profile", "IOPS", "MiB/s", "latency ms mean / p50 / p99", "x baseline IOPS / p99",
+           *(["IOPS per round"] if many else [])], rows)
+    for run in result["stores"]:
+        if run["engine"]:
+            info(f"[dim]{run['store']}: {run['engine']}[/dim]")
+        if run["fio_note"]:
+            info(f"[dim]{run['store']} cross-check: {run['fio_note']}[/dim]")
+
+
+def _latency(figure: dict) -> str:
+    return f"{figure['mean_latency_ms']:.3f} / {_ms(figure['p50_latency_ms'])} / {_ms(figure['p99_latency_ms'])}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

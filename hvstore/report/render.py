@@ -34,6 +34,34 @@ def _fio(store_run: dict[str, Any], profile: str) -> dict[str, Any] | None:
     return next((f for f in store_run.get("fio") or [] if f["profile"] == profile), None)
 
 
+CROSS_CHECK = "Cross-check through fio's own engine (no QEMU in the path)"
+
+
+def _p99(figure: dict[str, Any]) -> str:
+    """``, p99 X ms`` where the engine measured per-request latency (older qemu-img bench runs did not)."""
+    return f", p99 {_fmt(figure['p99_latency_ms'], 3)} ms" if figure.get("p99_latency_ms") is not None else ""
+
+
+def _rounds(bench: dict[str, Any]) -> str:
+    rounds = bench.get("rounds")
+    return f", median of {rounds} rounds" if isinstance(rounds, int) and rounds > 1 else ""
+
+
+def _latency_note(bench: dict[str, Any]) -> str:
+    if str(bench.get("engine", "")).startswith("qemu-img bench"):
+        return "Latency is the mean (time x depth / requests)."
+    return "Latency is per request (submission to completion): mean, and p99 in the table."
+
+
+def _bench_machine(bench: dict[str, Any]) -> str:
+    machine = bench.get("machine") or {}
+    if not machine.get("cpu_model"):
+        return ""
+    return (f" Measured on {machine['cpu_model']} x {machine.get('nproc')}, kernel {machine.get('kernel')}, "
+            f"load {machine.get('load_average')} before, {machine.get('load_average_after')} after; "
+            f"{machine.get('fio', 'fio')}, {machine.get('qemu_nbd', 'qemu-nbd')}.")
+
+
 def _scenario_cell(result: dict[str, Any]) -> str:
     m = result.get("measurements", {})
     parts = [result["status"]]
@@ -93,9 +121,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                 cells.append(("yes" if support.get("supported") else "no")
                              + (f" ({support['note']})" if support.get("note") else ""))
             lines.append(f"| {feature} | " + " | ".join(cells) + " |")
-    lines += ["", f"## I/O ({bench.get('engine', '?')}, ~{bench.get('seconds_per_profile', '?')} s per profile, "
-              f"{(bench.get('volume_bytes') or 0) >> 20} MiB volume)", "",
-              "IOPS (x baseline) / mean latency ms. Baseline: a raw file in /var/tmp, same run, same settings.", ""]
+    lines += ["", f"## I/O ({bench.get('engine', '?')}, ~{bench.get('seconds_per_profile', '?')} s per profile"
+              f"{_rounds(bench)}, {(bench.get('volume_bytes') or 0) >> 20} MiB volume)", "",
+              "IOPS (x baseline) / mean latency ms, p99 where the engine measured it. Baseline: a raw file in "
+              f"/var/tmp, same run, same settings.{_bench_machine(bench)}", ""]
     profiles = bench.get("profiles", [])
     if profiles:
         lines.append("| store | " + " | ".join(p["name"] for p in profiles) + " |")
@@ -108,16 +137,19 @@ def render_markdown(report: dict[str, Any]) -> str:
             for p in profiles:
                 f = _figure(store_run, p["name"])
                 cell = "-" if f is None else (f"{_fmt(f['iops'])} (x{_fmt(f['iops_vs_baseline'], 2)}) / "
-                                              f"{_fmt(f['mean_latency_ms'], 3)} ms")
+                                              f"{_fmt(f['mean_latency_ms'], 3)} ms{_p99(f)}")
                 if fio := _fio(store_run, p["name"]):
                     cell += f"; fio {_fmt(fio['iops'])} / p99 {_fmt(fio['p99_latency_ms'], 3)} ms"
                 cells.append(cell)
             lines.append(f"| {store_run['store']} ({store_run['backend']}, {store_run.get('qemu_format')}) | "
                          + " | ".join(cells) + " |")
         lines += ["", "Profiles: " + "; ".join(f"{p['name']} = {p['description']}" for p in profiles)]
+        engines = [f"{r['store']}: {r['engine']}" for r in _stores_with_figures(report) if r.get("engine")]
+        if engines:
+            lines += ["", "Engine per store: " + "; ".join(engines) + "."]
         notes = [f"{r['store']}: {r['fio_note']}" for r in _stores_with_figures(report) if r.get("fio_note")]
         if notes:
-            lines += ["", "fio cross-check (true random offsets, p99 latency): " + "; ".join(notes) + "."]
+            lines += ["", f"{CROSS_CHECK}: " + "; ".join(notes) + "."]
     lines += ["", "## Takeover after the holder's death", "", "| who | seconds | how |", "|---|---|---|"]
     lines += [f"| {label} | {_fmt(seconds, 2) if seconds is not None else 'not measured'} | {note} |"
               for label, seconds, note in takeover_rows(report)]
@@ -195,17 +227,20 @@ def render_html(report: dict[str, Any]) -> str:
     # I/O charts
     parts.append(f"<h2>I/O per backend</h2><p class='muted'>{_e(bench.get('engine', ''))}, about "
                  f"{_e(bench.get('seconds_per_profile'))} s per profile on a "
-                 f"{(bench.get('volume_bytes') or 0) >> 20} MiB scratch volume; baseline = raw file in /var/tmp, "
-                 "same run. Latency is the mean (time x depth / requests).</p><div class='charts'>")
+                 f"{(bench.get('volume_bytes') or 0) >> 20} MiB scratch volume{_e(_rounds(bench))}; baseline = raw "
+                 f"file in /var/tmp, same run. {_e(_latency_note(bench))}{_e(_bench_machine(bench))}</p>"
+                 "<div class='charts'>")
     for p in profiles:
         iops_rows, lat_rows = [], []
         for run in runs:
             f = _figure(run, p["name"])
             note = run.get("skipped") or "no figure"
             iops_rows.append((run["store"], f["iops"] if f else None, note))
-            lat_rows.append((run["store"], f["mean_latency_ms"] if f else None, note))
+            lat_rows.append((run["store"], (f.get("p99_latency_ms") or f["mean_latency_ms"]) if f else None, note))
         parts.append(bar_chart(f"{p['name']}: IOPS ({p['description']})", iops_rows, "IOPS"))
-        parts.append(bar_chart(f"{p['name']}: mean latency", lat_rows, "ms"))
+        # p99 where the engine measured per-request latency (fio); the mean for older qemu-img bench runs
+        has_p99 = any(f.get("p99_latency_ms") is not None for r in runs if (f := _figure(r, p["name"])))
+        parts.append(bar_chart(f"{p['name']}: {'p99' if has_p99 else 'mean'} latency", lat_rows, "ms"))
     parts.append("</div>")
     if profiles:
         parts.append("<table><tr><th>store</th>" + "".join(f"<th>{_e(p['name'])}</th>" for p in profiles) + "</tr>")
@@ -219,7 +254,7 @@ def render_html(report: dict[str, Any]) -> str:
                 f = _figure(run, p["name"])
                 cell = "-" if not f else (f"{_fmt(f['iops'])} IOPS, {_fmt(f['mib_per_s'])} MiB/s<br>"
                                           f"x{_fmt(f['iops_vs_baseline'], 2)} baseline, "
-                                          f"{_fmt(f['mean_latency_ms'], 3)} ms")
+                                          f"{_fmt(f['mean_latency_ms'], 3)} ms{_p99(f)}")
                 if fio := _fio(run, p["name"]):
                     cell += (f"<br><span class='muted'>fio {_fmt(fio['iops'])} IOPS, p99 "
                              f"{_fmt(fio['p99_latency_ms'], 3)} ms</span>")
@@ -228,10 +263,12 @@ def render_html(report: dict[str, Any]) -> str:
                          f"{_e(run.get('qemu_format'))})</span></td>"
                          + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
+        engines = [f"{r['store']}: {r['engine']}" for r in runs if r.get("engine")]
+        if engines:
+            parts.append(f"<p class='muted'>Engine per store: {_e('; '.join(engines))}.</p>")
         notes = [f"{r['store']}: {r['fio_note']}" for r in runs if r.get("fio_note")]
         if notes:
-            parts.append(f"<p class='muted'>fio cross-check (true random offsets, p99 latency): "
-                         f"{_e('; '.join(notes))}.</p>")
+            parts.append(f"<p class='muted'>{CROSS_CHECK}: {_e('; '.join(notes))}.</p>")
     # takeover
     parts.append("<h2>Takeover after the holder's death</h2><div class='charts'>")
     parts.append(bar_chart("takeover time: lockd vs sanlock", takeover_rows(report), "s", width=760))
