@@ -369,9 +369,20 @@ class IscsiBackend(Backend[IscsiConfig]):
     def uri(self, name: str, *, host: str | None = None) -> str:
         """``iscsi://PORTAL/IQN/1``. It carries neither the initiator name (QEMU takes it from
         ``-iscsi initiator-name=`` or blockdev ``initiator-name``) nor the CHAP password (QEMU: a secret
-        object and ``password-secret``; qemu-img/qemu-io: ``LIBISCSI_CHAP_USERNAME``/``_PASSWORD``)."""
+        object and ``password-secret``; qemu-img/qemu-io: ``LIBISCSI_CHAP_USERNAME``/``_PASSWORD``).
+
+        With ``host``: a ``json:`` filename (raw over the iscsi protocol driver) that logs in as
+        ``initiator_for(host)``, the initiator ``grant(host=)`` admits and ``fence(dead_host=)`` cuts off;
+        an ``iscsi://`` URL cannot name the initiator. With CHAP it names the user only: the password must
+        reach QEMU as a secret object (``password-secret``)."""
         self._entry(self._load(), name)
-        return f"iscsi://{self.config.portal}/{self._iqn(name)}/{LUN}"
+        if host is None:
+            return f"iscsi://{self.config.portal}/{self._iqn(name)}/{LUN}"
+        protocol: dict[str, Any] = {"driver": "iscsi", "transport": "tcp", "portal": self.config.portal,
+                                    "target": self._iqn(name), "lun": LUN, "initiator-name": self.initiator_for(host)}
+        if self.config.chap_user:
+            protocol["user"] = self.config.chap_user
+        return "json:" + json.dumps({"driver": "raw", "file": protocol}, separators=(",", ":"))
 
     def qemu_format(self, name: str) -> str:
         return "raw"

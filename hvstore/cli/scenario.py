@@ -34,9 +34,11 @@ def run_(file: Path = typer.Argument(..., help="scenario YAML (see scenarios/)")
                       f"[{colour}]{result.status}[/{colour}] in {result.seconds:.1f} s"
                       + (f": {result.reason}" if result.reason else ""))
         rows = [(k, v) for k, v in result.measurements.items() if k != "provision_commands"]
-        rows += [(f"check {c['expect']}", f"{'passed' if c['passed'] else 'FAILED'}: {c['meaning']}; chunks "
-                  f"{c['chunks']}") for c in result.checks]
-        rows += [(f"  {c['command']}", f"{c['seconds']} s") for c in result.measurements.get("provision_commands", [])]
+        rows += [(f"check {c['expect']}", f"{'passed' if c['passed'] else 'FAILED'}: {c['meaning']}"
+                  + (f"; chunks {c['chunks']}" if c.get("chunks") else "")) for c in result.checks]
+        rows += [(f"  {c['step']}", f"{c['seconds']} s: {c['command']}")
+                 for c in result.measurements.get("provision_commands", [])]
+        rows += [(f"skipped: {s['step']}", s["reason"]) for s in result.skipped_steps]
         if rows:
             table(None, ["measurement", "value"], rows)
     if result.status in ("failed", "error"):

@@ -1,21 +1,24 @@
 """Runs a parsed scenario (``spec.Scenario``) on one store: real writers, real lockd daemons, real faults.
 
 Hosts are simulated on this machine: a host is its lockd daemon (when the scenario uses leases) plus the
-writer processes started "on" it. A writer is ``qemu-io -t none`` on the store's own URI and format,
-writing its byte pattern over the scenario's region chunk by chunk, each round in a shuffled order of
-its own, so two concurrent writers leave a visible mix. Writers start gated (``sh -c 'read
-&& exec qemu-io'``): a writer with ``lease`` gets its lease for its own pid from its host's lockd first and
-is only then let go; a refused writer is never let go. Faults: ``freeze`` (SIGSTOP the host's lockd and
-writers: a hung host), ``resume``, ``kill`` (SIGKILL them: a dead host), ``kill-replica`` (one replica of
-the store: a gluster brick process; other backends say why they cannot) and ``restore-replica``.
+writers started "on" it. Where a writer runs and how it reaches the volume is the store's writer path
+(``writers``): ``qemu-io -t none`` on the URI of its host's identity (rbd: cephx user, iscsi: initiator IQN,
+granted first), or a dd loop inside the DRBD node the host stands for. A writer writes its byte pattern
+over the scenario's region chunk by chunk, each round in a shuffled order of its own, so two concurrent
+writers leave a visible mix. Writers start gated: a writer with ``lease`` gets its lease for its own pid
+from its host's lockd first and is only then let go; a refused writer is never let go. Faults: ``freeze``
+(SIGSTOP the host's lockd and writers: a hung host), ``resume``, ``kill`` (SIGKILL them: a dead host),
+``kill-replica`` / ``restore-replica`` (one replica of the store, per backend: ``stores.REPLICA_LOSS``).
+``migration-window`` opens or closes the store's dual-primary window (``stores.MIGRATION_WINDOWS``);
+``provision`` is in ``provision``.
 
 The lockd daemons of a scenario share a file lease store in a temporary directory and use the
 scenario's short timing and fencer: with ``fencer: hvstore`` a takeover first fences the dead host through
-the store's ``Backend.fence`` (rbd: its cephx client's watchers blocklisted; writers open the volume with
-their host's identity where the store has one), otherwise the result says no storage fencing was used.
-Every process started is killed by pid
-at the end and the scratch volume deleted. A scenario whose requirement the store cannot meet reports
-``not-applicable`` with the reason, never a figure.
+the store's ``Backend.fence`` (rbd: its cephx client's watchers blocklisted; iscsi: its initiator dropped
+from the ACL and its sessions closed), otherwise the result says no storage fencing was used.
+Every process started is killed at the end and the scratch volume deleted. A scenario whose requirement
+the store cannot meet reports ``not-applicable`` with the reason, never a figure; a single step the store
+cannot do is skipped and listed with its reason (``skipped_steps``, also in ``reason``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from hvstore.errors import HvstoreError, InvalidArgument
 from hvstore.model import Feature, VolumeRef
 from hvstore.run import run
 from hvstore.scenarios.spec import Scenario, Step, WriterSpec
+from hvstore.scenarios.stores import migration_window, replica_loss
+from hvstore.scenarios.writers import WriterJob, WriterProcess, writer_path
 from hvstore.service import VolumeService
 
 Log = Callable[[str], None]
@@ -58,13 +63,12 @@ class NotApplicable(Exception):
 @dataclass
 class Writer:
     spec: WriterSpec
-    proc: subprocess.Popen[bytes]
+    handle: WriterProcess
     started: float
     let_go: bool = False
     refused: str | None = None  # lockd's answer when the lease was refused
     exit_code: int | None = None
     error: str = ""
-    errors: Any = None  # the file qemu-io's output goes to
     foreign_reads: int = 0  # chunks that read back as not this writer's pattern (verify)
 
 
@@ -78,12 +82,13 @@ class ScenarioResult:
     measurements: dict[str, Any] = field(default_factory=dict)
     checks: list[dict[str, Any]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    skipped_steps: list[dict[str, str]] = field(default_factory=list)  # {step, reason}
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "store": self.store, "backend": self.backend, "status": self.status,
                 "reason": self.reason, "measurements": self.measurements, "checks": self.checks,
-                "events": self.events, "seconds": round(self.seconds, 2)}
+                "skipped_steps": self.skipped_steps, "events": self.events, "seconds": round(self.seconds, 2)}
 
 
 class _Lockd:
@@ -149,7 +154,11 @@ class ScenarioRun:
         self.lockds: dict[str, _Lockd] = {}
         self.extra_procs: list[subprocess.Popen[bytes]] = []
         self.last_fault_at: float | None = None
-        self.replica_restore: Callable[[], None] | None = None
+        self.writer_path = writer_path(self.backend, self.volume, scenario.hosts)
+        self.replica_loss = replica_loss(self.backend, self.volume, scenario.hosts, lab_dir(), self.event)
+        self.replica_lost = False
+        self.window = migration_window(self.backend, self.volume, scenario.hosts, lab_dir(), self.event)
+        self.skipped: list[dict[str, str]] = []  # steps this store cannot run, and why
         self.started = time.monotonic()
 
     # -- events -------------------------------------------------------------------------------------
@@ -159,35 +168,21 @@ class ScenarioRun:
         self.log(f"{self.scenario.name}/{self.store}: {text}")
 
     # -- writers ------------------------------------------------------------------------------------
-    def _writer_argv(self, spec: WriterSpec, index: int) -> list[str]:
+    def _job(self, spec: WriterSpec, index: int) -> WriterJob:
         """Every round writes every chunk once, in an order of its own (a seeded shuffle per writer and
         round): two writers that overlap at all in time leave chunks of both, wherever they overlap."""
-        chunk, chunks = self.scenario.chunk_bytes, self.scenario.region_bytes // self.scenario.chunk_bytes
+        chunks = self.scenario.region_bytes // self.scenario.chunk_bytes
         shuffle = random.Random(f"{spec.name}-{index}")
-        commands = []
+        rounds = []
         for _ in range(spec.rounds):
             order = list(range(chunks))
             shuffle.shuffle(order)
-            for c in order:
-                commands += ["-c", f"write -P {spec.pattern} {c * chunk} {chunk}"]
-            if spec.verify:  # read the round back: a chunk that is not ours was overwritten under us
-                commands += [arg for c in order for arg in ("-c", f"read -P {spec.pattern} {c * chunk} {chunk}")]
-        return ["qemu-io", "-f", self.fmt, "-t", "none", *commands, self.host_uri(spec.host)]
+            rounds.append(tuple(order))
+        return WriterJob(spec.name, spec.host, spec.pattern, self.scenario.chunk_bytes, tuple(rounds), spec.verify)
 
-    def host_uri(self, host: str) -> str:
-        """The URI as ``host`` opens it (its own cephx identity on rbd: what storage fencing cuts off)."""
-        try:
-            return self.backend.uri(self.volume, host=host)
-        except HvstoreError:
-            return self.uri  # the store has no per-host identity
     def _spawn_writer(self, spec: WriterSpec, index: int) -> Writer:
-        """Gated: the pid exists (for the lease) before the writer opens the volume. stderr goes to a file:
-        a writer failing thousands of writes would fill a pipe and hang."""
-        errors = tempfile.TemporaryFile()
-        proc = subprocess.Popen(["sh", "-c", 'read _gate && exec "$@"', "writer", *self._writer_argv(spec, index)],
-                                stdin=subprocess.PIPE, stdout=errors, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        writer = Writer(spec, proc, time.monotonic(), errors=errors)
+        """Gated: the writer exists (and its lease owner pid) before it opens the volume."""
+        writer = Writer(spec, self.writer_path.start(self._job(spec, index)), time.monotonic())
         self.writers[spec.name] = writer
         return writer
 
@@ -197,44 +192,40 @@ class ScenarioRun:
             if spec.name in self.writers:
                 raise InvalidArgument(f"writer {spec.name!r} started twice")
             writer = self._spawn_writer(spec, len(self.writers))
-            proc = writer.proc
             started.append(writer)
             if spec.lease:
-                granted, detail = self.lockds[spec.host].acquire(self.lease.lockspace, self.lease.key, proc.pid)
+                assert writer.handle.lease_pid is not None  # writer_path.reason(lease=True) said so
+                granted, detail = self.lockds[spec.host].acquire(self.lease.lockspace, self.lease.key,
+                                                                 writer.handle.lease_pid)
                 if granted:
                     self.event(f"writer {spec.name} on {spec.host}: lease granted ({detail})")
                 else:
                     writer.refused = detail
                     self.event(f"writer {spec.name} on {spec.host}: lease refused: {detail}")
         for writer in started:  # let every admitted writer go at once, so they overlap
-            assert writer.proc.stdin is not None
             if writer.refused is None:
-                writer.proc.stdin.write(b"go\n")
+                writer.handle.let_go()
                 writer.let_go = True
-            with suppress(BrokenPipeError):
-                writer.proc.stdin.close()
+            else:
+                writer.handle.cancel()
         for writer in started:
             if writer.let_go:
-                self.event(f"writer {writer.spec.name} on {writer.spec.host} writing (pattern {writer.spec.pattern}, "
-                           f"{writer.spec.rounds} round(s))")
+                self.event(f"writer {writer.spec.name} on {self.writer_path.where(writer.spec.host)} writing "
+                           f"(pattern {writer.spec.pattern}, {writer.spec.rounds} round(s), {writer.handle.ident})")
         return started
 
     def wait_writers(self, writers: list[Writer] | None = None, timeout_s: float = 600) -> None:
         for writer in writers or list(self.writers.values()):
             if writer.exit_code is not None:
                 continue
-            try:
-                writer.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                writer.proc.kill()
-                writer.proc.wait()
+            if writer.handle.wait(timeout_s) is None:
+                writer.handle.signal(signal.SIGKILL)
+                writer.handle.wait(30)
             self._reap(writer)
 
     def _reap(self, writer: Writer) -> None:
-        writer.exit_code = writer.proc.returncode
-        writer.errors.seek(0)
-        lines = writer.errors.read().decode(errors="replace").strip().splitlines()
-        writer.errors.close()
+        writer.exit_code = writer.handle.poll()
+        lines = writer.handle.output()
         writer.foreign_reads = sum(line.startswith("Pattern verification failed") for line in lines)
         problems = [line for line in lines if not _QEMU_IO_PROGRESS.match(line)]
         if writer.exit_code is not None and writer.exit_code < 0:  # its last line may be cut off mid-way
@@ -246,16 +237,22 @@ class ScenarioRun:
         if writer.let_go:
             outcome = "ok" if writer.exit_code == 0 else f"exit {writer.exit_code}: {writer.error or 'killed'}"
             self.event(f"writer {writer.spec.name} finished: {outcome}")
+            self._ack_figures(writer)
 
-    def host_pids(self, host: str) -> list[int]:
-        pids = [w.proc.pid for w in self.writers.values() if w.spec.host == host and w.proc.poll() is None]
-        if host in self.lockds and self.lockds[host].proc.poll() is None:
-            pids.append(self.lockds[host].proc.pid)
-        return pids
+    def _ack_figures(self, writer: Writer) -> None:
+        """Where the writer path tells how long each acknowledged write took: how many, and the longest
+        (an I/O stall, e.g. while a replica disappears)."""
+        seconds = writer.handle.write_seconds()
+        if seconds:
+            self.result.measurements[f"writer_{writer.spec.name}_acked_writes"] = len(seconds)
+            self.result.measurements[f"writer_{writer.spec.name}_longest_write_s"] = round(max(seconds), 3)
+
+    def host_writers(self, host: str) -> list[Writer]:
+        return [w for w in self.writers.values() if w.spec.host == host and w.exit_code is None]
 
     # -- steps --------------------------------------------------------------------------------------
     def step(self, step: Step) -> None:
-        getattr(self, "_step_" + step.kind)(step)
+        getattr(self, "_step_" + step.kind.replace("-", "_"))(step)
 
     def _step_writers(self, step: Step) -> None:
         self.start_writers(step.writers)
@@ -270,40 +267,48 @@ class ScenarioRun:
         kind, host = step.args["kind"], step.args.get("host")
         if kind in ("freeze", "resume", "kill"):
             sig = {"freeze": signal.SIGSTOP, "resume": signal.SIGCONT, "kill": signal.SIGKILL}[kind]
-            pids = self.host_pids(host)
-            for pid in pids:
+            hit = []
+            for writer in self.host_writers(host):
+                writer.handle.signal(sig)
+                hit.append(writer.handle.ident)
+            if host in self.lockds and self.lockds[host].proc.poll() is None:
                 with suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            self.event(f"fault: {kind} host {host} (pids {' '.join(map(str, pids)) or 'none'})")
+                    os.kill(self.lockds[host].proc.pid, sig)
+                hit.append(str(self.lockds[host].proc.pid))
+            self.event(f"fault: {kind} host {host} (pids {' '.join(hit) or 'none'})")
             if kind != "resume":
                 self.last_fault_at = time.monotonic()
         elif kind == "kill-replica":
-            self._kill_replica()
+            self.replica_loss.kill()
+            self.replica_lost = True
             self.last_fault_at = time.monotonic()
-        elif kind == "restore-replica" and self.replica_restore:
-            self.replica_restore()
-            self.replica_restore = None
+        elif kind == "restore-replica" and self.replica_lost:
+            self.replica_lost = False
+            self.result.measurements.update(self.replica_loss.restore())
+            for check in self.replica_loss.checks:
+                self.result.checks.append(check)
+                self.event(f"check {check['expect']}: {'passed' if check['passed'] else 'FAILED'}: "
+                           f"{check['meaning']}")
+            self.replica_loss.checks = []
 
     def _step_takeover(self, step: Step) -> None:
         host = step.args["host"]
         spec = step.writers[0]
         new = self._spawn_writer(spec, 0)
-        proc = new.proc
-        self.writers[spec.name] = new
+        assert new.handle.lease_pid is not None  # writer_path.reason(lease=True) said so
         since = self.last_fault_at or time.monotonic()
         deadline = time.monotonic() + self.scenario.lockd.ttl_s * 5 + 20
         attempts = 0
         while True:
             attempts += 1
-            granted, detail = self.lockds[host].acquire(self.lease.lockspace, self.lease.key, proc.pid)
+            granted, detail = self.lockds[host].acquire(self.lease.lockspace, self.lease.key, new.handle.lease_pid)
             if granted or time.monotonic() > deadline:
                 break
             time.sleep(POLL_S)
         took = time.monotonic() - since
-        assert proc.stdin is not None
         if not granted:
             new.refused = detail
-            proc.stdin.close()
+            new.handle.cancel()
             self.wait_writers([new])
             raise AssertionError(f"takeover by {host} never granted: {detail}")
         self.result.measurements["takeover_s"] = round(took, 3)
@@ -314,16 +319,13 @@ class ScenarioRun:
             self.event(f"{host}'s lockd fenced before taking over: {'; '.join(fenced)}")
         self.result.measurements["takeover_attempts"] = attempts
         self.event(f"takeover: {host} got the lease {took:.2f} s after the fault ({detail})")
-        proc.stdin.write(b"go\n")
-        proc.stdin.close()
+        new.handle.let_go()
         new.let_go = True
         write_started = time.monotonic()
         # librbd's exclusive lock, QEMU's image locks, gluster's eager locks can make the new holder wait
         # for the old one, which is frozen: bounded, and reported as blocked.
         limit = step.args.get("write_timeout_s", TAKEOVER_WRITE_TIMEOUT_S)
-        try:
-            new.proc.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
+        if new.handle.wait(limit) is None:
             self.result.measurements["new_holder_blocked_s"] = limit
             self.event(f"writer {spec.name} still blocked after {limit:.0f} s (the frozen holder keeps a lock "
                        "of the store): killed")
@@ -363,16 +365,31 @@ class ScenarioRun:
         self.event(f"hand-off: released in {released - started:.3f} s, destination holds it after "
                    f"{done - started:.3f} s ({detail})")
 
+    def _step_migration_window(self, step: Step) -> None:
+        """Open (``from``/``to``) or close (``keep``) the store's dual-primary window; a check each. A store
+        without one skips the step and says why."""
+        label = f"migration-window {step.args['action']}"
+        if reason := self.window.reason():
+            self.skipped.append({"step": label, "reason": reason})
+            self.result.skipped_steps = self.skipped
+            self.event(f"{label}: skipped: {reason}")
+            return
+        if step.args["action"] == "open":
+            check = self.window.open(step.args["from"], step.args["to"])
+        else:
+            check = self.window.close(step.args["keep"])
+        self.result.checks.append(check)
+        self.event(f"check {check['expect']}: {'passed' if check['passed'] else 'FAILED'}: {check['meaning']}")
+
     def _step_check(self, step: Step) -> None:
         # Whatever still runs is stopped first: the check reads a volume nobody writes.
         for writer in self.writers.values():
-            if writer.exit_code is None and writer.proc.poll() is None:
-                with suppress(ProcessLookupError):
-                    os.kill(writer.proc.pid, signal.SIGCONT)
-                    os.kill(writer.proc.pid, signal.SIGKILL)
+            if writer.exit_code is None and writer.handle.poll() is None:
+                writer.handle.signal(signal.SIGCONT)
+                writer.handle.signal(signal.SIGKILL)
                 self.event(f"writer {writer.spec.name} still running at the check: killed")
             if writer.exit_code is None:
-                writer.proc.wait()
+                writer.handle.wait(30)
                 self._reap(writer)
         counts, corruption = self.read_region()
         expect = step.args["expect"]
@@ -392,7 +409,8 @@ class ScenarioRun:
         damaged = (len(present) > 1 or torn > 0 or bool(corruption.get("corruptions"))
                    or any(foreign.values()))
         check["damage_detected"] = damaged
-        cannot_open = {w.spec.name: w.error for w in admitted if w.exit_code and _lock_refusal(w.error)}
+        refusal = self.writer_path.refusal
+        cannot_open = {w.spec.name: w.error for w in admitted if w.exit_code and refusal.matches(w.error)}
         check["refused_by_image_lock"] = sorted(cannot_open)
         if expect == "damage":
             # The store (or QEMU's image locking on it) refusing the second writer is protection too.
@@ -404,7 +422,7 @@ class ScenarioRun:
                                     + f"final region {len(present)} writer(s), {torn} torn chunk(s))")
             elif cannot_open:
                 check["meaning"] = ("no damage: the store itself refused writer(s) "
-                                    f"{', '.join(sorted(cannot_open))} (QEMU image lock), without lockd")
+                                    f"{', '.join(sorted(cannot_open))} ({refusal.what}), without lockd")
             else:
                 check["meaning"] = "no damage observed: " + self._why_no_damage(admitted)
         elif expect == "single-writer":
@@ -430,6 +448,11 @@ class ScenarioRun:
                                     f"{last_writer.error if last_writer else ''}")
             else:
                 check["meaning"] = f"every chunk is {last}'s: nothing of another writer landed after it"
+            if check["passed"] and "takeover_s" in self.result.measurements and not self._storage_fenced():
+                # Nothing cut the dead holder off: say so, and what kept its writes out this time.
+                done = self.result.measurements.get("storage_fencing_done")
+                why = f"no storage fencing was done: {'; '.join(done)}" if done else self._why_late()
+                check["meaning"] += f" ({why}; only the holder's own lockd stopped it, in this run)"
         self.result.checks.append(check)
         self.event(f"check {expect}: {'passed' if check['passed'] else 'FAILED'}: {check['meaning']} "
                    f"(chunks {dict(counts)})")
@@ -440,6 +463,11 @@ class ScenarioRun:
             return "; ".join(f"writer {w.spec.name} could not write: {w.error.splitlines()[-1] if w.error else '?'}"
                              for w in failed)
         return "the writers did not overlap in time"
+
+    def _storage_fenced(self) -> bool:
+        """Did a takeover cut the dead holder off the store (its lockd logged a fence that cut something)?"""
+        done = self.result.measurements.get("storage_fencing_done", [])
+        return any(": none: " not in line for line in done)
 
     def _why_late(self) -> str:
         support = self.backend.capabilities.features[Feature.FENCING]
@@ -471,94 +499,40 @@ class ScenarioRun:
         return counts, corruption
 
     def _step_provision(self, step: Step) -> None:
-        from hvstore.bench.import_export import hvstore_command
+        from hvstore.scenarios.provision import provision
 
-        name = f"prov-{uuid.uuid4().hex[:6]}"
-        base = [*hvstore_command(), *(["--config", str(self.service.config.path)]), "volume"]
-        timed: list[dict[str, Any]] = []
-
-        def timed_run(label: str, argv: list[str]) -> str:
-            t0 = time.monotonic()
-            done = run(argv, timeout_s=300)
-            shown = argv if argv[0] == "qemu-io" else ["hvstore", *argv[len(base) - 1:]]  # without --config
-            timed.append({"step": label, "command": " ".join(shown), "seconds": round(time.monotonic() - t0, 3)})
-            return done.stdout.strip()
-
-        size = str(step.args["size_bytes"])
-        try:
-            timed_run("create", [*base, "create", f"{self.store}/{name}", size])
-            uri = timed_run("uri", [*base, "uri", f"{self.store}/{name}"])
-            timed_run("disk-xml", [*base, "disk-xml", f"{self.store}/{name}"])
-            fmt = self.backend.qemu_format(name)
-            timed_run("attach (QEMU opens, writes and reads)",
-                      ["qemu-io", "-f", fmt, "-t", "none", "-c", "write -P 90 0 64k", "-c", "read -P 90 0 64k", uri])
-        finally:
-            with suppress(HvstoreError):
-                self.backend.delete(name, force=True)
-        self.result.measurements["provision_commands"] = timed
-        self.result.measurements["provision_s"] = round(sum(t["seconds"] for t in timed), 3)
-        self.result.measurements["provision_note"] = ("attach = QEMU's block layer opens the volume through its URI "
-                                                      "and does I/O (qemu-io); no libvirt domain")
-        self.event(f"provisioned {self.store}/{name} in {self.result.measurements['provision_s']:.2f} s "
-                   f"({len(timed)} commands)")
-
-    # -- replicas -----------------------------------------------------------------------------------
-    def replica_reason(self) -> str | None:
-        """None when one replica of this store can be taken away here, else why not."""
-        kind = self.backend.kind
-        if kind == "gluster":
-            info = self._gluster_info()
-            if info.replica_count < 2:
-                return f"gluster volume {info.name} is {info.type.lower()} (1 copy): losing a brick loses data"
-            return None
-        if kind == "rbd":
-            cfg = self.backend.config
-            done = run(["ceph", "--conf", cfg.conf, "--id", cfg.user, *(["--keyring", cfg.keyring] if cfg.keyring
-                                                                         else []), "osd", "ls"], timeout_s=30)
-            osds = len(done.stdout.split())
-            return (f"the cluster has {osds} OSD(s): losing one of 3 needs 3 (the lab's Ceph runs one)"
-                    if osds < 3 else "taking an OSD away is not implemented by this runner yet")
-        if kind == "drbd":
-            return "DRBD peer loss: not implemented by this runner yet (see 'hvstore drbd' for the split-brain tools)"
-        support = self.backend.capabilities.features[Feature.REPLICATION]
-        return f"no replicas: {support.note}" if not support.supported else f"replica loss not implemented for {kind}"
-
-    def _gluster_paths_and_volume(self) -> tuple[Any, str]:
-        from hvstore.tools.gluster_cli import GlusterdPaths
-
-        return GlusterdPaths(lab_dir() / "gluster"), self.backend.config.volume
-
-    def _gluster_info(self) -> Any:
-        from hvstore.tools.gluster_cli import cli_argv, parse_volume_info
-
-        paths, volume = self._gluster_paths_and_volume()
-        return parse_volume_info(run(cli_argv(paths, "volume", "info", volume, "--xml"), timeout_s=60).stdout)[0]
-
-    def _kill_replica(self) -> None:
-        from hvstore.tools.gluster_cli import cli_argv, parse_volume_status
-
-        paths, volume = self._gluster_paths_and_volume()
-        status = parse_volume_status(run(cli_argv(paths, "volume", "status", volume, "--xml"), timeout_s=60).stdout)
-        brick = next(b for b in status[0].bricks if b.online and b.pid)
-        os.kill(brick.pid, signal.SIGKILL)
-        self.event(f"fault: killed brick {brick.path} (pid {brick.pid}) of {volume}")
-
-        def restore() -> None:
-            run(cli_argv(paths, "volume", "start", volume, "force"), timeout_s=120)
-            self.event(f"restored: {volume} bricks restarted (volume start force)")
-
-        self.replica_restore = restore
+        done = provision(self.backend, self.store, step.args["size_bytes"], config_path=self.service.config.path,
+                         lab_root=lab_dir(), event=self.event)
+        self.result.measurements["provision_commands"] = done.commands
+        self.result.measurements["provision_s"] = done.seconds
+        if done.lease:
+            self.result.measurements["provision_lease"] = done.lease
+        if done.failed:
+            self.result.measurements["provision_failed"] = done.failed
+            self.result.checks.append({"expect": "provisioned", "passed": False, "chunks": {},
+                                       "meaning": f"{done.failed['step']} failed: {done.failed['error']}"})
+            self.event(f"{done.failed['step']}: FAILED: {done.failed['error']}")
+        for skipped in done.skipped:
+            self.skipped.append(skipped)
+            self.event(f"{skipped['step']}: skipped: {skipped['reason']}")
+        self.result.skipped_steps = self.skipped
+        self.event(f"provisioned {self.store} volume in {done.seconds:.2f} s ({len(done.commands)} commands)")
 
     # -- the whole run ------------------------------------------------------------------------------
     def execute(self) -> ScenarioResult:
         scenario = self.scenario
         try:
-            if "replicas" in scenario.requires and (reason := self.replica_reason()):
-                raise NotApplicable(reason)
             self.backend.create(self.volume, scenario.volume_bytes)
             self.uri, self.fmt = self.backend.uri(self.volume), self.backend.qemu_format(self.volume)
-            if not (self.uri.partition(":")[0].isalpha() and ":" in self.uri) and not Path(self.uri).exists():
-                raise NotApplicable(f"{self.uri} is not on this host (the volume lives inside the store's nodes)")
+            if "replicas" in scenario.requires and (reason := self.replica_loss.reason()):
+                raise NotApplicable(reason)
+            specs = [w for p in scenario.phases for s in p.steps for w in s.writers]
+            for lease in sorted({w.lease for w in specs}):
+                if reason := self.writer_path.reason(lease=lease):
+                    raise NotApplicable(reason)
+            takeover = any(s.kind == "takeover" for p in scenario.phases for s in p.steps)
+            if takeover and (reason := self.writer_path.takeover_reason):
+                raise NotApplicable(reason)
             with tempfile.TemporaryDirectory(prefix="hvstore-scenario-") as tmp:
                 if scenario.uses_lockd:
                     for host in scenario.hosts:
@@ -567,27 +541,41 @@ class ScenarioRun:
                                f"{scenario.lockd.ttl_s} s, fencer {scenario.lockd.fencer})")
                 for phase in scenario.phases:
                     self.event(f"phase {phase.name}")
+                    if phase.fresh_volume:
+                        self._fresh_volume()
                     for step in phase.steps:
                         self.step(step)
                 self._stop_everything()
             if any(not c["passed"] for c in self.result.checks):
                 self.result.status = "failed"
                 self.result.reason = "; ".join(c["meaning"] for c in self.result.checks if not c["passed"])
+            if self.skipped:
+                steps_by_reason: dict[str, list[str]] = {}
+                for skipped in self.skipped:
+                    steps_by_reason.setdefault(skipped["reason"], []).append(skipped["step"])
+                self.result.reason = "; ".join(filter(None, [self.result.reason, *(
+                    f"skipped {', '.join(steps)}: {reason}" for reason, steps in steps_by_reason.items())]))
         except NotApplicable as exc:
             self.result.status, self.result.reason = "not-applicable", str(exc)
         except (HvstoreError, AssertionError, OSError) as exc:
             self.result.status, self.result.reason = "error", f"{type(exc).__name__}: {exc}"
         finally:
             self._stop_everything()
-            if self.replica_restore:
+            if self.replica_lost:
                 with suppress(HvstoreError):
-                    self.replica_restore()
+                    self.replica_loss.restore()
             with suppress(HvstoreError):
                 if self.backend.exists(self.volume):
                     self.backend.delete(self.volume, force=True)
             self.result.measurements.setdefault("storage_fencing", self._fencing_text())
             self.result.seconds = time.monotonic() - self.started
         return self.result
+
+    def _fresh_volume(self) -> None:
+        """The scratch volume again, new and empty (same name: every helper object keeps pointing at it)."""
+        self.backend.delete(self.volume, force=True)
+        self.backend.create(self.volume, self.scenario.volume_bytes)
+        self.event(f"fresh volume {self.store}/{self.volume}")
 
     def _fencing_text(self) -> str:
         support = self.backend.capabilities.features[Feature.FENCING]
@@ -598,7 +586,12 @@ class ScenarioRun:
         return f"store can fence ({support.note}); not used by this scenario"
 
     def _stop_everything(self) -> None:
-        procs = [w.proc for w in self.writers.values()] + self.extra_procs + [d.proc for d in self.lockds.values()]
+        for writer in self.writers.values():
+            if writer.exit_code is None and writer.handle.poll() is None:
+                writer.handle.signal(signal.SIGCONT)
+                writer.handle.signal(signal.SIGKILL)
+                writer.handle.wait(10)
+        procs = self.extra_procs + [d.proc for d in self.lockds.values()]
         for proc in procs:
             if proc.poll() is None:
                 with suppress(ProcessLookupError):
@@ -610,11 +603,6 @@ class ScenarioRun:
         for writer in self.writers.values():
             if writer.exit_code is None:
                 self._reap(writer)
-
-
-def _lock_refusal(error: str) -> bool:
-    """qemu-io's message when QEMU's image locking (or the store's own lock) refuses a second writer."""
-    return "Failed to get" in error and "lock" in error
 
 
 def run_scenario(service: VolumeService, scenario: Scenario, store: str, *, log: Log = lambda _l: None

@@ -2,13 +2,19 @@
 
 A scenario names the simulated hosts, the scratch volume and the region its writers write, the lockd
 timing (one lockd per host, leases in a file store shared by all hosts of the scenario), and a list of
-phases, each a list of steps. A step is a mapping with exactly one key, its kind:
+phases, each a list of steps (``fresh_volume: true`` starts a phase on a new scratch volume, so damage an
+earlier phase did is not judged again). A step is a mapping with exactly one key, its kind:
 
-    writers:  [{name, host, pattern, rounds, lease, verify}]   start qemu-io writers together (lease: via lockd)
+    writers:  [{name, host, pattern, rounds, lease, verify}]   start writers together (lease: via lockd);
+              qemu-io on this host, or dd inside the store's nodes where only they reach the volume (DRBD)
     wait:     writers | {seconds: N}                   until every writer exited, or a fixed time
     fault:    {kind: freeze|resume|kill, host} | {kind: kill-replica|restore-replica}
+              (kill-replica: a gluster brick, a ceph OSD, the DRBD peer node; restore waits for the resync)
     takeover: {host, writer: {...}, write_timeout_s}   poll lockd until the lease is granted, then write
     handoff:  {from: HOST, to: HOST}                   release on one host, acquire on the other, timed
+    migration-window: {action: open, from: HOST, to: HOST} | {action: close, keep: HOST}
+              the store's dual-primary window (DRBD): a second writer refused outside it, admitted inside,
+              refused again after it closes; stores without one skip the step and say why
     check:    {expect: damage|single-writer|last-writer, writer: NAME}
     provision: {size: 1G}                              the commands from nothing to an attached volume
 
@@ -26,7 +32,7 @@ import yaml
 from hvstore.errors import InvalidArgument
 from hvstore.units import parse_size
 
-STEP_KINDS = ("writers", "wait", "fault", "takeover", "handoff", "check", "provision")
+STEP_KINDS = ("writers", "wait", "fault", "takeover", "handoff", "migration-window", "check", "provision")
 FAULT_KINDS = ("freeze", "resume", "kill", "kill-replica", "restore-replica")
 EXPECTATIONS = ("damage", "single-writer", "last-writer")
 REQUIREMENTS = ("replicas", "lockd")
@@ -57,6 +63,7 @@ class Step:
 class Phase:
     name: str
     steps: tuple[Step, ...]
+    fresh_volume: bool = False  # start on a new scratch volume (an earlier phase may have damaged it)
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,18 @@ def _step(data: Any, where: str, hosts: tuple[str, ...]) -> Step:
     elif kind == "handoff":
         if args.get("from") not in hosts or args.get("to") not in hosts or args["from"] == args["to"]:
             raise ScenarioError(f"{where}: from and to must be two different hosts of the scenario")
+    elif kind == "migration-window":
+        action = args.get("action")
+        if action == "open":
+            if args.get("from") not in hosts or args.get("to") not in hosts or args["from"] == args["to"]:
+                raise ScenarioError(f"{where}: open needs from and to, two different hosts of the scenario")
+            args = {"action": action, "from": args["from"], "to": args["to"]}
+        elif action == "close":
+            if args.get("keep") not in hosts:
+                raise ScenarioError(f"{where}: close needs keep, a host of the scenario")
+            args = {"action": action, "keep": args["keep"]}
+        else:
+            raise ScenarioError(f"{where}: action must be open or close")
     elif kind == "check":
         if args.get("expect") not in EXPECTATIONS:
             raise ScenarioError(f"{where}: expect must be one of {', '.join(EXPECTATIONS)}")
@@ -202,8 +221,12 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
         steps = phase.get("steps")
         if not isinstance(steps, list) or not steps:
             raise ScenarioError(f"{source}: phase {name}: steps must be a non-empty list")
+        unknown = set(phase) - {"name", "steps", "fresh_volume"}
+        if unknown:
+            raise ScenarioError(f"{source}: phase {name}: unknown key(s) {', '.join(sorted(unknown))} "
+                                "(known: name, steps, fresh_volume)")
         phases.append(Phase(name, tuple(_step(s, f"{source}: phase {name} step {i + 1}", hosts)
-                                        for i, s in enumerate(steps))))
+                                        for i, s in enumerate(steps)), bool(phase.get("fresh_volume", False))))
     uses_lockd = any(w.lease for p in phases for s in p.steps for w in s.writers) or any(
         s.kind in ("takeover", "handoff") for p in phases for s in p.steps)
     return Scenario(str(data["name"]), str(data.get("description", "")).strip(), hosts, volume_bytes, region_bytes,

@@ -40,6 +40,8 @@ def test_split_brain_has_a_phase_with_and_without_leases() -> None:
     leases = [{w.lease for s in phase.steps for w in s.writers} for phase in scenario.phases]
     assert leases == [{False}, {True}]
     assert scenario.uses_lockd
+    # the damage of the first phase (a broken qcow2) must not be judged again in the second
+    assert [phase.fresh_volume for phase in scenario.phases] == [False, True]
 
 
 def test_minimal_scenario_values() -> None:
@@ -67,6 +69,10 @@ def test_minimal_scenario_values() -> None:
     ({"phases": [{"steps": [{"handoff": {"from": "hosta", "to": "hosta"}}]}]}, "two different hosts"),
     ({"phases": [{"steps": [{"wait": {"seconds": -1}}]}]}, "N >= 0"),
     ({"phases": [{"steps": [{"provision": {"size": "lots"}}]}]}, "invalid size"),
+    ({"phases": [{"steps": [{"wait": "writers"}], "fresh": True}]}, "unknown key(s) fresh"),
+    ({"phases": [{"steps": [{"migration-window": {"action": "ajar"}}]}]}, "action must be open or close"),
+    ({"phases": [{"steps": [{"migration-window": {"action": "open", "from": "hosta"}}]}]}, "open needs from and to"),
+    ({"phases": [{"steps": [{"migration-window": {"action": "close", "keep": "hostz"}}]}]}, "close needs keep"),
 ])
 def test_mistakes_fail_at_load(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ScenarioError, match=None) as caught:
@@ -90,3 +96,11 @@ def test_takeover_and_lease_make_a_scenario_use_lockd() -> None:
     scenario = parse_scenario(yaml.safe_load(yaml.safe_dump(data)))
     assert scenario.uses_lockd
     assert scenario.phases[0].steps[0].writers[0].name == "b"
+
+
+def test_migration_window_steps_open_and_close() -> None:
+    scenario = load_scenario(scenarios_dir() / "migration.yaml")
+    steps = [(s.kind, s.args) for s in scenario.phases[0].steps]
+    assert steps == [("migration-window", {"action": "open", "from": "hosta", "to": "hostb"}),
+                     ("handoff", {"from": "hosta", "to": "hostb"}),
+                     ("migration-window", {"action": "close", "keep": "hostb"})]
