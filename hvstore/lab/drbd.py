@@ -10,7 +10,8 @@ No DRBD kernel module can be loaded on this host (ENVIRONMENT.md), so the kernel
   ``.modinfo``: the package ships no modules.dep), an ``/init`` and the node agent.
 - **Boot**: ``qemu-system-x86_64 -accel tcg,tb-size=128 -m 256`` (/dev/kvm here is kvm_pvm, which cannot
   run a stock kernel; without tb-size a VM reached 1.4 GB RSS) through ``Lab.spawn`` so they are reaped.
-  Each node has a sparse backing file as virtio disk (an ext2 file system at ``/data`` holding one loop
+  Each node has a sparse backing file as virtio disk (an ext4 file system at ``/data``, made and checked
+  by the host's e2fsprogs before boot, holding one loop
   file and one resource file per volume), a virtio-net NIC on a point-to-point link to the other VM
   (QEMU ``-netdev socket`` over UDP on loopback: the TCP variant sets TCP_NODELAY on one side only,
   ~47 ms per small synchronous write), and the agent's virtio-serial port as a UNIX socket
@@ -49,7 +50,7 @@ MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "loop", "
 DRBD_TOOLS = ("/usr/sbin/drbdadm", "/usr/sbin/drbdsetup", "/usr/sbin/drbdmeta",
               "/usr/lib/drbd/drbdadm-84", "/usr/lib/drbd/drbdsetup-84")
 BUSYBOX = "/bin/busybox"  # from busybox-static: the initramfs has no libc for a dynamic busybox
-BUILD_VERSION = 3  # bump when the initramfs layout changes, to rebuild caches
+BUILD_VERSION = 4  # bump when the initramfs layout changes, to rebuild caches
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /var/lib/drbd /var/lock /data /etc
@@ -67,7 +68,7 @@ hostname "$node"
 ip link set lo up
 ip addr add "$addr/24" dev eth0
 ip link set eth0 up
-mount -t ext4 /dev/vda /data 2>/dev/null || { mke2fs -q -F /dev/vda && mount -t ext4 /dev/vda /data; }
+mount -t ext4 /dev/vda /data || echo "hvstore-node: /dev/vda did not mount on /data"  # never reformat data
 mkdir -p /data/res
 echo 'include "/data/res/*.res";' > /etc/drbd.conf
 port=""
@@ -124,10 +125,8 @@ class DrbdService(LabService):
             if self.lab.running(node):
                 continue
             self.lab.stop(node)  # clear a stale pid record
+            self._prepare_disk(self.dir / f"{node}.disk")
             disk = self.dir / f"{node}.disk"
-            if not disk.exists():
-                with open(disk, "wb") as f:
-                    f.truncate(DISK_BYTES)
             self.socket_path(node).unlink(missing_ok=True)
             peer_port = ports[1 - index]
             self.lab.spawn(node, self._qemu_argv(node, index, kernel, initrd, disk, ports[index], peer_port))
@@ -136,6 +135,22 @@ class DrbdService(LabService):
                        interval_s=0.2, log=lambda n=node: self.lab.log_tail(n))
         with self.backend() as backend:
             backend.reapply()
+
+    def _prepare_disk(self, disk: Path) -> None:
+        """The node's /data: ext4 made here with the host's e2fsprogs (busybox makes only ext2, which a
+        killed node left damaged: "Structure needs cleaning"); an existing one is checked first, as a
+        node may have been killed, and gets a journal if an older lab made it without one."""
+        if not disk.exists():
+            with open(disk, "wb") as f:
+                f.truncate(DISK_BYTES)
+            run(["mke2fs", "-q", "-F", "-t", "ext4", str(disk)], timeout_s=60)
+            return
+        checked = run(["e2fsck", "-p", str(disk)], timeout_s=300, check=False)
+        if checked.returncode >= 4:  # 1/2: errors corrected; 4 and up: left uncorrected
+            raise BackendUnavailable(f"{disk}: e2fsck could not repair the node's file system: "
+                                     f"{(checked.stdout + checked.stderr).strip().splitlines()[-1:]}")
+        if "has_journal" not in run(["dumpe2fs", "-h", str(disk)], timeout_s=30).stdout:
+            run(["tune2fs", "-j", str(disk)], timeout_s=60)
 
     def health(self) -> tuple[bool, str]:
         down = [n for n in NODES if not self._answers(n)]
