@@ -6,6 +6,10 @@ files and ``state.json`` the iscsi store's targets. tgtd keeps targets only in m
 (after a crash too) asks the iscsi backend to re-apply that state: ``hvstore lab up`` restores every
 target. tgtd is up in 8-20 ms (ENVIRONMENT.md); the store ``iscsi`` admits hvstore's own initiator and
 QEMU's default one (``iqn.2008-11.org.linux-kvm``), so plain qemu-img/qemu-io work on the lab's volumes.
+
+lockd's leases for the store live on a LUN of the same target server: the volume ``lockd-leases`` (8 MiB),
+made at the first ``start`` with each lab host's lockd initiator (``<prefix>:<host>.lockd``) in its ACL.
+``[lease_stores.iscsi]`` names it; its ``initiator`` carries ``{host}``, which lockd replaces by its host id.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 
 from hvstore.backends.iscsi import QEMU_DEFAULT_INITIATOR, IscsiBackend, IscsiConfig
 from hvstore.backends.tgtd import Tgtd
-from hvstore.errors import HvstoreError
+from hvstore.errors import AlreadyExists, HvstoreError, NotFound
+from hvstore.lab.ceph import HOSTS
 from hvstore.lab.service import LabService, wait_until
 from hvstore.tools import tgtadm
 
@@ -24,6 +29,8 @@ ADDRESS = "127.0.0.1"
 PORT = 3260
 STORE = "iscsi"
 START_TIMEOUT_S = 10.0
+LEASE_VOLUME = "lockd-leases"
+LEASE_VOLUME_BYTES = 8 << 20  # 8 KiB slots: ~1,000 lockspaces and leases
 
 
 class TgtService(LabService):
@@ -53,6 +60,24 @@ class TgtService(LabService):
         # tgtd forgot its targets if it restarted; idempotent when it did not.
         with self.backend() as backend:
             backend.reapply()
+            self._ensure_lease_volume(backend)
+
+    def _ensure_lease_volume(self, backend: IscsiBackend) -> None:
+        try:
+            backend.create(LEASE_VOLUME, LEASE_VOLUME_BYTES)
+        except AlreadyExists:
+            pass
+        for host in HOSTS:
+            backend.allow(LEASE_VOLUME, backend.initiator_for(host, "lockd"))
+
+    def lease_stores(self) -> dict[str, dict[str, Any]]:
+        backend = self.backend()  # unconnected: the volume's facts come from the store's state file
+        try:
+            target = backend.info(LEASE_VOLUME).details["iqn"]
+        except NotFound:  # not made yet (tgt never started in this lab)
+            return {}
+        return {STORE: {"type": "iscsi", "portal": self.address, "target": target,
+                        "initiator": backend.initiator_for("{host}", "lockd")}}
 
     def stop(self) -> None:
         """Stop tgtd. It ignores SIGTERM, so delete its targets (the state file keeps them) and ask it to

@@ -12,10 +12,13 @@ from its host's lockd first and is only then let go; a refused writer is never l
 ``migration-window`` opens or closes the store's dual-primary window (``stores.MIGRATION_WINDOWS``);
 ``provision`` is in ``provision``.
 
-The lockd daemons of a scenario share a file lease store in a temporary directory and use the
-scenario's short timing and fencer: with ``fencer: hvstore`` a takeover first fences the dead host through
-the store's ``Backend.fence`` (rbd: its cephx client's watchers blocklisted; iscsi: its initiator dropped
-from the ACL and its sessions closed), otherwise the result says no storage fencing was used.
+The lockd daemons of a scenario keep their leases where the store's own leases live (hvstore.toml
+``[lease_stores.STORE]``: RADOS for ceph, the ``hvlease`` Gluster volume for gluster, the lease LUN for
+iscsi), in a namespace/directory of their own where the store allows; a store without one gets a file
+store in a temporary directory. They use the scenario's short timing and fencer: with ``fencer: hvstore``
+a takeover first fences the dead host through the store's ``Backend.fence`` (rbd: its cephx client's
+watchers blocklisted; iscsi: its initiator dropped from the ACL and its sessions closed), otherwise the
+result says no storage fencing was used.
 Every process started is killed at the end and the scratch volume deleted. A scenario whose requirement
 the store cannot meet reports ``not-applicable`` with the reason, never a figure; a single step the store
 cannot do is skipped and listed with its reason (``skipped_steps``, also in ``reason``).
@@ -91,21 +94,50 @@ class ScenarioResult:
                 "skipped_steps": self.skipped_steps, "events": self.events, "seconds": round(self.seconds, 2)}
 
 
-class _Lockd:
-    """One scenario host's lockd daemon (file store shared by the scenario's hosts)."""
+# Where in a store's lease storage scenario leases go, so they never mix with the lab lockd's: the key of
+# the store table that names a namespace / directory, per lease store type (iscsi: one LUN, no such place).
+SCENARIO_LEASE_PLACES: dict[str, tuple[str, str]] = {
+    "rados": ("namespace", "hvstore-scenarios"),
+    "gluster": ("root", "/hvstore-scenarios"),
+}
 
-    def __init__(self, host: str, root: Path, scenario: Scenario, hvstore_config: Path) -> None:
+
+def scenario_lease_store(lease_stores: dict[str, dict[str, Any]], store: str, scratch: Path) -> dict[str, Any]:
+    """The lockd ``[store]`` table a scenario's hosts share on ``store`` (``{host}`` still in it)."""
+    table = lease_stores.get(store)
+    if table is None:
+        (scratch / "leases").mkdir(exist_ok=True)
+        return {"type": "file", "path": str(scratch / "leases")}
+    place = SCENARIO_LEASE_PLACES.get(table["type"])
+    return {**table, **({place[0]: place[1]} if place else {})}
+
+
+def describe_lease_store(table: dict[str, Any]) -> str:
+    where = {"file": "a file store in a temporary directory (the store has no lease storage)",
+             "rados": f"RADOS pool {table.get('pool')}, namespace {table.get('namespace')}",
+             "gluster": f"Gluster volume {table.get('volume')}, directory {table.get('root')}",
+             "iscsi": f"the lease LUN {table.get('target')}"}
+    return where.get(table["type"], table["type"])
+
+
+class _Lockd:
+    """One scenario host's lockd daemon; the hosts share one lease store."""
+
+    def __init__(self, host: str, root: Path, scenario: Scenario, hvstore_config: Path,
+                 lease_store: dict[str, Any]) -> None:
         self.host = host
         self.socket = root / f"{host}.sock"
         config = root / f"{host}.toml"
         t = scenario.lockd
+        own = {key: value.replace("{host}", host) if isinstance(value, str) else value  # {host}: per host
+               for key, value in lease_store.items()}
+        store_lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in own.items())
         config.write_text(
             f'host_id = "{host}"\nttl_s = {t.ttl_s}\nrenew_interval_s = {t.renew_interval_s}\n'
             f'margin_s = {t.margin_s}\nio_timeout_s = {t.io_timeout_s}\nstate_dir = "{root / host}"\n'
             f'admin_socket = "{self.socket}"\nwatchdog = false\nfencer = "{t.fencer}"\n'
             f'hvstore_config = "{hvstore_config}"\n'
-            f'[store]\ntype = "file"\npath = "{root / "leases"}"\n')
-        (root / "leases").mkdir(exist_ok=True)
+            f'[store]\n{store_lines}')
         package_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
                                                            if p)}
@@ -535,10 +567,13 @@ class ScenarioRun:
                 raise NotApplicable(reason)
             with tempfile.TemporaryDirectory(prefix="hvstore-scenario-") as tmp:
                 if scenario.uses_lockd:
+                    lease_store = scenario_lease_store(self.service.config.lease_stores, self.store, Path(tmp))
                     for host in scenario.hosts:
-                        self.lockds[host] = _Lockd(host, Path(tmp), scenario, self.service.config.path)
-                    self.event(f"lockd started for {', '.join(scenario.hosts)} (file store, TTL "
-                               f"{scenario.lockd.ttl_s} s, fencer {scenario.lockd.fencer})")
+                        self.lockds[host] = _Lockd(host, Path(tmp), scenario, self.service.config.path, lease_store)
+                    self.result.measurements["lease_store"] = describe_lease_store(lease_store)
+                    self.event(f"lockd started for {', '.join(scenario.hosts)} (leases in "
+                               f"{describe_lease_store(lease_store)}, TTL {scenario.lockd.ttl_s} s, "
+                               f"fencer {scenario.lockd.fencer})")
                 for phase in scenario.phases:
                     self.event(f"phase {phase.name}")
                     if phase.fresh_volume:
