@@ -90,7 +90,8 @@ def takeover_rows(report: dict[str, Any]) -> list[tuple[str, float | None, str]]
     for result in report.get("scenarios", []):
         if result["scenario"] == "failover":
             seconds = result.get("measurements", {}).get("takeover_s")
-            note = "scenario failover (lockd, file store)" if seconds is not None else result.get("reason", "")
+            lease_store = result.get("measurements", {}).get("lease_store", "a file store")
+            note = f"scenario failover (leases in {lease_store})" if seconds is not None else result.get("reason", "")
             rows.append((f"lockd failover on {result['store']}", seconds, note))
     sanlock = report.get("sanlock") or {}
     rows.append(("sanlock", sanlock.get("takeover_s"), sanlock.get("reason", "lockd bench's sanlock baseline")))
