@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import json
 import re
 import zlib
 from collections.abc import Iterator
@@ -62,6 +63,8 @@ class SheepdogConfig(StoreConfig):
     iqn_prefix: str = option("iqn.2026-11.org.hvstore.sheepdog", help="exports are named PREFIX:STORE.VOLUME")
     allowed_initiators: list[str] = option(  # noqa: RUF009 - from_mapping makes it a tuple (immutable)
         (QEMU_DEFAULT_INITIATOR,), help="initiator IQNs an export admits (QEMU's default one by default)")
+    host_iqn_prefix: str = option("iqn.2026-11.org.hvstore", help="a host's QEMU logs in as PREFIX:HOST "
+                                  "(the iscsi backend's naming), admitted by `grant`")
 
 
 CAPABILITIES = Capabilities(
@@ -251,22 +254,42 @@ class SheepdogBackend(Backend[SheepdogConfig]):
 
     def uri(self, name: str, *, host: str | None = None) -> str:
         """``iscsi://PORTAL/IQN/1`` of the VDI's tgtd export (created if missing). QEMU logs in with its
-        default initiator name unless told otherwise; it must be in ``allowed_initiators``."""
+        default initiator name, which must be in ``allowed_initiators``; with ``host`` a ``json:`` filename
+        that logs in as ``initiator_for(host)`` (admitted by ``grant``)."""
         self.export(name)
-        return f"iscsi://{self.config.portal}/{self._iqn(name)}/{LUN}"
+        if host is None:
+            return f"iscsi://{self.config.portal}/{self._iqn(name)}/{LUN}"
+        protocol = {"driver": "iscsi", "transport": "tcp", "portal": self.config.portal, "target": self._iqn(name),
+                    "lun": LUN, "initiator-name": self.initiator_for(host)}
+        return "json:" + json.dumps({"driver": "raw", "file": protocol}, separators=(",", ":"))
+
+    def initiator_for(self, host: str) -> str:
+        """The initiator IQN ``host``'s QEMU logs in to exports with."""
+        return f"{self.config.host_iqn_prefix}:{host}"
+
+    def grant(self, name: str, *, host: str) -> None:
+        """Admit ``host``'s initiator to the VDI's export. The ACL lives in tgtd only: a tgtd restart
+        re-exports with ``allowed_initiators`` alone, and the next grant (``hvstore attach``) adds it again."""
+        target = self.export(name)
+        initiator = self.initiator_for(host)
+        if initiator not in target.acl:
+            with self._host_lock():
+                self._tgtadm(self.tool.bind_initiator(target.tid, initiator))
 
     def qemu_format(self, name: str) -> str:
         return "raw"
 
     def disk_xml(self, name: str, *, target: str = "vda", host: str | None = None) -> str:
-        """libvirt's iscsi network disk on the tgtd export (libvirt >= 8.8 has no sheepdog disk)."""
+        """libvirt's iscsi network disk on the tgtd export (libvirt >= 8.8 has no sheepdog disk); with
+        ``host``, QEMU logs in as ``initiator_for(host)`` (``grant`` admits it)."""
         self.export(name)
         address, _, port = self.config.portal.rpartition(":")
+        initiator = f"<initiator><iqn name={_attr(self.initiator_for(host))}/></initiator>" if host else ""
         return (
             "<disk type='network' device='disk'>"
             "<driver name='qemu' type='raw' cache='none'/>"
             f"<source protocol='iscsi' name={_attr(f'{self._iqn(name)}/{LUN}')}>"
-            f"<host name={_attr(address)} port={_attr(port)}/></source>"
+            f"<host name={_attr(address)} port={_attr(port)}/>{initiator}</source>"
             f"<target dev={_attr(target)} bus='virtio'/>"
             "</disk>"
         )

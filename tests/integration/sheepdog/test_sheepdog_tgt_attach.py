@@ -151,3 +151,17 @@ def test_reads_spanning_data_and_a_hole_are_right(backend, tmp_path):
     subprocess.run(["qemu-img", "compare", "-U", "-f", "raw", "-F", "raw", str(local), uri], check=True)
     with backend.open("vm-5") as io:  # the allocated holes still read as zeros
         assert io.read(4 * MiB, 8 * MiB) == bytes(8 * MiB)
+
+
+def test_a_granted_host_logs_in_with_its_own_initiator_and_others_do_not(backend):
+    backend.create("vm-5", 4 * MiB)
+    xml = backend.disk_xml("vm-5", host="hosta")
+    assert "<initiator><iqn name='iqn.2026-11.org.hvstore:hosta'/></initiator>" in xml
+    refused = run(["qemu-io", "-f", "raw", "-c", "read 0 4k", backend.uri("vm-5", host="hosta")], check=False)
+    assert refused.returncode != 0 or "failed" in refused.stdout.lower()  # not in the ACL yet
+    backend.grant("vm-5", host="hosta")
+    backend.grant("vm-5", host="hosta")  # idempotent
+    assert backend.export("vm-5").acl.count("iqn.2026-11.org.hvstore:hosta") == 1
+    done = run(["qemu-io", "-f", "raw", "-c", "write -P 0x42 0 4k", "-c", "read -P 0x42 0 4k",
+                backend.uri("vm-5", host="hosta")])
+    assert "Pattern verification failed" not in done.stdout
