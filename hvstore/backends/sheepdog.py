@@ -25,6 +25,7 @@ import datetime
 import fcntl
 import json
 import re
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -33,8 +34,9 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from hvstore.backends.base import Backend, BlockIO, StoreConfig, option
+from hvstore.backends.tgtd import Tgtd
 from hvstore.errors import AlreadyExists, BackendUnavailable, Busy, ConfigError, InvalidArgument, NotFound, ToolFailed
-from hvstore.model import Capabilities, Feature, SnapshotInfo, VolumeInfo, no, yes
+from hvstore.model import Capabilities, Feature, FenceResult, SnapshotInfo, VolumeInfo, no, yes
 from hvstore.protocols.sheepdog import SheepdogClient, SheepdogConnection, parse_address
 from hvstore.protocols.sheepdog_codec import MAX_BLOCK_SIZE_SHIFT, MIN_BLOCK_SIZE_SHIFT, InodeHeader
 from hvstore.protocols.sheepdog_io import VdiIO
@@ -88,8 +90,9 @@ CAPABILITIES = Capabilities(
                           "allocates the remaining ones (sparse), working around a tgt read bug"),
         Feature.REPLICATION: yes("N copies of every object (`copies`, else the cluster default); "
                                  "the CI fake keeps one"),
-        Feature.FENCING: no("VDI locks are advisory, owned by a sheep node and never expire; nothing cuts a "
-                            "client off"),
+        Feature.FENCING: yes("on the attach path: the dead host's initiator out of the VDI's tgt export ACL, "
+                             "its sessions closed (QEMU reaches sheepdog only through tgt); sheep itself cuts no "
+                             "client off (VDI locks are advisory and never expire)"),
         Feature.SHARED_ACCESS: yes("any host reaching a sheep node, or the tgt portal"),
         Feature.LIBVIRT_POOL: no("libvirt 8.8 removed the sheepdog pool; exports are one iSCSI target per VDI"),
     },
@@ -266,6 +269,24 @@ class SheepdogBackend(Backend[SheepdogConfig]):
     def initiator_for(self, host: str) -> str:
         """The initiator IQN ``host``'s QEMU logs in to exports with."""
         return f"{self.config.host_iqn_prefix}:{host}"
+
+    def fence(self, name: str, *, dead_host: str, keep_host: str | None = None) -> FenceResult:
+        """Cut ``dead_host``'s initiator (``initiator_for``) off the VDI's export: out of the ACL first (so
+        it cannot log in again), then its sessions closed; in force when tgtadm returns. Clients talking
+        to sheep directly are not reached: there is no such thing as a fenced sheepdog client."""
+        if dead_host == keep_host or "." in dead_host:
+            raise InvalidArgument(f"cannot fence host {dead_host!r}: a host name without '.' that is not the "
+                                  "host kept is needed")
+        started = time.monotonic()
+        target = self._exported(name)
+        initiator = self.initiator_for(dead_host)
+        if target is None or (initiator not in target.acl and all(s.initiator != initiator for s in target.sessions)):
+            return FenceResult("tgt acl removal", (), round(time.monotonic() - started, 3), "nothing to cut off")
+        tgtd = Tgtd(self.config.control_socket, self.config.control_port)
+        tgtd.unbind(target, initiator)
+        closed = tgtd.close_sessions(target, initiator)
+        return FenceResult("tgt acl removal", (initiator,), round(time.monotonic() - started, 3),
+                           f"{len(closed)} session(s) closed")
 
     def grant(self, name: str, *, host: str) -> None:
         """Admit ``host``'s initiator to the VDI's export. The ACL lives in tgtd only: a tgtd restart

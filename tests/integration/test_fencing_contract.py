@@ -2,9 +2,10 @@
 
 For each such backend a harness opens the volume the way a VM of a given host would (RBD: a process with
 the image open as ``client.<host>``; iSCSI: a libiscsi session as the per-VM initiator ``initiator_for(host,
-vm)``; DRBD: the node's own ``/dev/drbdN``). Then ``fence(volume, dead_host=..., keep_host=...)`` must stop
-the dead host's next write (nothing of it lands), leave the keeper writing, and be idempotent. Backends
-that declare no fencing must raise Unsupported. A backend that starts declaring fencing fails
+vm)``; Sheepdog: such a session through the VDI's tgt export as the host's initiator; DRBD: the node's own
+``/dev/drbdN``). Then ``fence(volume, dead_host=..., keep_host=...)`` must stop the dead host's next write
+(nothing of it lands), leave the keeper writing, and be idempotent. Backends that declare no fencing must
+raise Unsupported. A backend that starts declaring fencing fails
 ``test_every_backend_that_declares_fencing_has_a_harness`` until it gets a harness here.
 """
 
@@ -158,6 +159,18 @@ class IscsiHarness(Harness):
         return IscsiWriter(IscsiSession(target, initiator=initiator, timeout_s=5, reconnect_retries=1))
 
 
+# -- Sheepdog (through its tgt export, the only way QEMU reaches it) -------------------------------------
+class SheepdogHarness(Harness):
+    kind = "sheepdog"
+    store = "sheepdog"
+
+    def writer(self, backend: Any, volume: str, host: str) -> Writer:
+        backend.grant(volume, host=host)  # what hvstore attach --host does
+        target = Target(backend.config.portal, backend.export(volume).iqn, 1)
+        return IscsiWriter(IscsiSession(target, initiator=backend.initiator_for(host), timeout_s=5,
+                                        reconnect_retries=1))
+
+
 # -- DRBD -----------------------------------------------------------------------------------------------
 class DrbdWriter(Writer):
     def __init__(self, blockio: BlockIO) -> None:
@@ -196,7 +209,7 @@ class DrbdHarness(Harness):
         backend.set_role(volume, keep, "primary")
 
 
-HARNESSES: list[Harness] = [RbdHarness(), IscsiHarness(), DrbdHarness()]
+HARNESSES: list[Harness] = [RbdHarness(), IscsiHarness(), SheepdogHarness(), DrbdHarness()]
 
 
 def test_every_backend_that_declares_fencing_has_a_harness() -> None:
