@@ -27,6 +27,9 @@ from hvstore.errors import BackendUnavailable, HvstoreError, InvalidArgument
 # 64 MiB in flight keeps a single OSD busy (16 x 4 MiB objects) without holding much memory.
 WRITE_WINDOW_BYTES = 64 << 20
 READ_AHEAD_REQUESTS = 8
+# The hints ``rbd import/export`` give every request: data streams through once, so the OSDs need not
+# keep it in their caches.
+STREAM_FLAGS = rados.LIBRADOS_OP_FLAG_FADVISE_SEQUENTIAL | rados.LIBRADOS_OP_FLAG_FADVISE_NOCACHE
 # Granularity of zero detection in writes (rbd import uses 4 KiB; larger blocks cost less Python time
 # and lose little: a source's holes are rarely smaller).
 
@@ -174,7 +177,7 @@ class RbdBlockIO(BlockIO):
                 self._window.notify_all()
 
         try:
-            self._image.aio_write(data, offset, done)
+            self._image.aio_write(data, offset, done, STREAM_FLAGS)
         except rbd.Error as exc:
             with self._window:
                 self._in_flight_bytes -= size
@@ -235,7 +238,7 @@ class _PendingRead:
         self._data = b""
         self._ret = 0
         self.offset, self.length = offset, length
-        image.aio_read(offset, length, self._complete)
+        image.aio_read(offset, length, self._complete, STREAM_FLAGS)
 
     def _complete(self, completion: rbd.Completion, data: bytes | None) -> None:
         self._ret = completion.get_return_value()

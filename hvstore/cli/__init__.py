@@ -7,14 +7,55 @@ user can fix and 1 for a failure of a store or tool (``hvstore.errors``). Conver
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
-from hvstore.cli import bench, compare, domain, drbd, lab, scenario, store, volume
 from hvstore.cli.context import app_state
 from hvstore.errors import HvstoreError
+
+# Every command, imported only when it runs (or for --help): importing all of them with their libraries
+# (rich tables, libvirt, the lab, reports, scenarios) cost more than the work of a short command.
+# name -> (module, attribute): a typer app of subcommands, or one command function.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "volume": ("hvstore.cli.volume", "app"),
+    "store": ("hvstore.cli.store", "app"),
+    "lab": ("hvstore.cli.lab", "app"),
+    "bench": ("hvstore.cli.bench", "app"),
+    "drbd": ("hvstore.cli.drbd", "app"),
+    "scenario": ("hvstore.cli.scenario", "app"),
+    "caps": ("hvstore.cli.store", "caps"),
+    "compare": ("hvstore.cli.compare", "compare"),
+    "demo": ("hvstore.cli.store", "demo"),
+    "attach": ("hvstore.cli.domain", "attach"),
+    "detach": ("hvstore.cli.domain", "detach"),
+}
+
+
+class _LazyCommands(TyperGroup):
+    """The top-level group: builds a command from ``COMMANDS`` the first time it is looked up."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*self.commands, *(name for name in COMMANDS if name not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attribute = COMMANDS[cmd_name]
+            target = getattr(importlib.import_module(module), attribute)
+            if isinstance(target, typer.Typer):
+                command: Any = typer.main.get_group(target)  # a group even with one subcommand
+            else:
+                single = typer.Typer(add_completion=False)
+                single.command(cmd_name)(target)
+                command = typer.main.get_command(single)
+            command.name = cmd_name
+            self.commands[cmd_name] = command
+        return self.commands.get(cmd_name)
+
 
 app = typer.Typer(
     name="hvstore",
@@ -23,18 +64,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=_LazyCommands,
 )
-app.add_typer(volume.app, name="volume")
-app.add_typer(store.app, name="store")
-app.add_typer(lab.app, name="lab")
-app.add_typer(bench.app, name="bench")
-app.add_typer(drbd.app, name="drbd")
-app.add_typer(scenario.app, name="scenario")
-app.command("caps")(store.caps)
-app.command("compare")(compare.compare)
-app.command("demo")(store.demo)
-app.command("attach")(domain.attach)
-app.command("detach")(domain.detach)
 
 
 @app.callback()

@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TimeRemainingColumn, TransferSpeedColumn
 
+from hvstore.cli import render
 from hvstore.cli.context import volume_service
-from hvstore.cli.render import JsonOption, err_console, info, print_json, table
+from hvstore.cli.render import JsonOption, info, print_json, table
 from hvstore.errors import NotFound
-from hvstore.libvirt import DEFAULT_LEASE_ROOT, disk_with_lease_xml
 from hvstore.model import VolumeInfo, VolumeRef
 from hvstore.units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 app = typer.Typer(help="Create, inspect, snapshot, clone, import and export volumes (STORE/NAME).",
                   no_args_is_help=True)
 
-LeaseRootOption = typer.Option(DEFAULT_LEASE_ROOT, "--lease-root", envvar="HVSTORE_LEASE_ROOT",
-                               help="lockd's lease root (the <lease><target path>)")
+_LEASE_ROOT_HELP = "lockd's lease root (the <lease><target path>)"
+# disk-xml resolves the default itself: hvstore.libvirt imports libvirt's bindings (20-40 ms under load),
+# which no other volume command needs.
+_DiskXmlLeaseRootOption = typer.Option(None, "--lease-root", envvar="HVSTORE_LEASE_ROOT",
+                                       help=f"{_LEASE_ROOT_HELP}; default: lockd's default lease root")
+
+
+def __getattr__(name: str) -> Any:
+    """``LeaseRootOption`` (for attach/detach, which need hvstore.libvirt anyway), built on first use."""
+    if name == "LeaseRootOption":
+        from hvstore.libvirt import DEFAULT_LEASE_ROOT
+
+        return typer.Option(DEFAULT_LEASE_ROOT, "--lease-root", envvar="HVSTORE_LEASE_ROOT", help=_LEASE_ROOT_HELP)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 RefArg = typer.Argument(..., metavar="STORE/NAME", help="the volume, e.g. ceph/vm1-disk0")
 
 
@@ -193,8 +208,16 @@ class _ProgressBar:
         if self.quiet:
             return
         if self._bar is None:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._bar = Progress(self.label, BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
-                                 TimeRemainingColumn(), console=err_console)
+                                 TimeRemainingColumn(), console=render.err_console)
             self._bar.start()
             self._task = self._bar.add_task(self.label, total=total)
         assert self._task is not None
@@ -255,12 +278,15 @@ def uri(ref: str = RefArg, host: str = typer.Option(None, help="host identity (c
 def disk_xml(ref: str = RefArg, target_dev: str = typer.Option("vda", "--target", help="guest device, e.g. vdb"),
              host: str = typer.Option(None, help="host identity (cephx user, initiator)"),
              lease: bool = typer.Option(False, "--lease", help="also the <lease> lockd locks (network disks)"),
-             lease_root: str = LeaseRootOption, as_json: bool = JsonOption) -> None:
+             lease_root: str | None = _DiskXmlLeaseRootOption, as_json: bool = JsonOption) -> None:
     """Print the libvirt <disk> element for this volume (with --lease: the <lease> first)."""
     target = VolumeRef.parse(ref)
     with volume_service() as service:
         backend = service.backend(target.store)
         if lease:
+            from hvstore.libvirt import DEFAULT_LEASE_ROOT, disk_with_lease_xml
+
+            lease_root = lease_root or DEFAULT_LEASE_ROOT
             elements = disk_with_lease_xml(backend, target.name, target=target_dev, host=host, lease_root=lease_root)
         else:
             elements = [backend.disk_xml(target.name, target=target_dev, host=host)]

@@ -50,3 +50,25 @@ def test_zero_runs_splits_and_merges_blocks():
     assert zero_runs(data, block) == [(0, 8, True), (8, 16, False), (16, 20, True), (20, 22, False)]
     assert zero_runs(b"", block) == []
     assert zero_runs(bytes(10), block) == [(0, 10, True)]
+
+
+def _zero_runs_byte_by_byte(data: bytes, block: int) -> list[tuple[int, int, bool]]:
+    runs: list[tuple[int, int, bool]] = []
+    for start in range(0, len(data), block):
+        end = min(start + block, len(data))
+        is_zero = all(b == 0 for b in data[start:end])
+        if runs and runs[-1][2] == is_zero:
+            runs[-1] = (runs[-1][0], end, is_zero)
+        else:
+            runs.append((start, end, is_zero))
+    return runs
+
+
+@given(st.lists(st.sampled_from([b"\0" * 3, b"\0" * 8, b"a", b"\0z\0", b"xyzw"]), max_size=12),
+       st.integers(1, 9))
+def test_zero_runs_agree_with_a_byte_by_byte_scan_for_bytes_and_memoryviews(pieces, block):
+    data = b"".join(pieces)
+    expected = _zero_runs_byte_by_byte(data, block)
+    assert zero_runs(data, block) == expected
+    assert zero_runs(memoryview(data), block) == expected
+    assert zero_runs(memoryview(b"--" + data)[2:], block) == expected
