@@ -14,16 +14,25 @@ Runs lease managers in this process against the store of a lockd config, in a lo
   against libvirt's virtlockd started privately, plus sanlock's figures (``lockd.baselines``), with ratios.
   sanlock's takeover time (about 70 s) only on request.
 
-Not measured here: the lockd daemon's own RSS (the bench process's RSS holds the same manager).
+* the lockd daemon itself (``daemon_leases``): a real ``python -m lockd.daemon`` (what ``lockd serve``
+  execs) on the same store, with a private host id, state directory (on tmpfs, /dev/shm, as /run is on a
+  host), admin socket and virtlockd-protocol socket, driven over its admin socket like ``lockd acquire``
+  (one connection): acquire/release latency as a client sees it, and the daemon's VmRSS idle and while
+  it holds each count of leases (after a few renewals). Its leases are released (owner exit) at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import resource
 import secrets
+import signal
+import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -94,8 +103,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_mib(pid: int | str = "self") -> float:
+    """VmRSS of a process (this one by default), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -112,6 +122,7 @@ async def _manager(config: DaemonConfig, host: str, state_root: Path, lockspace:
 
 async def bench(config: DaemonConfig, *, rounds: int = 200, lease_counts: tuple[int, ...] = (1, 100, 1000),
                 takeover: bool = True, poll_s: float = 0.1, baselines: bool = True, sanlock_takeover: bool = False,
+                daemon_leases: tuple[int, ...] = (),
                 progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     lockspace = f"bench-{secrets.token_hex(4)}"
     owner = subprocess.Popen(["sleep", "3600"])
@@ -119,7 +130,8 @@ async def bench(config: DaemonConfig, *, rounds: int = 200, lease_counts: tuple[
                                "timing": {"ttl_s": config.ttl_s, "renew_interval_s": config.renew_interval_s,
                                           "margin_s": config.margin_s}}
     try:
-        with tempfile.TemporaryDirectory(prefix="lockd-bench-") as tmp:
+        tmpfs = "/dev/shm" if os.path.isdir("/dev/shm") else None  # state_dir on tmpfs, as /run on a host
+        with tempfile.TemporaryDirectory(prefix="lockd-bench-", dir=tmpfs) as tmp:
             root = Path(tmp)
             counting = CountingStore(config.open_store())
             a = await _manager(config, "bench-a", root, lockspace, counting)
@@ -140,6 +152,9 @@ async def bench(config: DaemonConfig, *, rounds: int = 200, lease_counts: tuple[
     finally:
         owner.kill()
         owner.wait()
+    if daemon_leases:
+        results["daemon"] = await asyncio.to_thread(daemon_figures, config, rounds=rounds,
+                                                    lease_counts=daemon_leases, progress=progress)
     if baselines:
         from lockd.baselines import sanlock_figures, virtlockd_figures
 
@@ -156,6 +171,10 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         return round(ours / theirs, 2) if ours is not None and theirs else None
 
     wire, sanlock = results["wire"], results["sanlock"]
+    if "daemon" in results and results["daemon"]["held"]:
+        rss = results["daemon"]["held"][-1]["daemon_rss_mib"]  # the daemon holding the most leases
+    else:
+        rss = results["renewal"][-1]["bench_process_rss_mib"]
     out = {
         "acquire_p50_vs_sanlock": ratio(results["acquire_ms"]["p50"], sanlock["acquire_ms"]["p50"]),
         "acquire_p99_vs_sanlock": ratio(results["acquire_ms"]["p99"], sanlock["acquire_ms"]["p99"]),
@@ -166,9 +185,8 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
                                                         wire["virtlockd"]["register_acquire_ms"]["p99"]),
         "wire_release_p50_vs_virtlockd": ratio(wire["lockd"]["release_ms"]["p50"],
                                                wire["virtlockd"]["release_ms"]["p50"]),
-        "rss_vs_virtlockd": ratio(results["renewal"][-1]["bench_process_rss_mib"],
-                                  wire["virtlockd"]["daemon_rss_mib"]),
-        "rss_vs_sanlock": ratio(results["renewal"][-1]["bench_process_rss_mib"], sanlock["daemon_rss_mib"]),
+        "rss_vs_virtlockd": ratio(rss, wire["virtlockd"]["daemon_rss_mib"]),
+        "rss_vs_sanlock": ratio(rss, sanlock["daemon_rss_mib"]),
     }
     if "takeover_s" in results and "takeover_s" in sanlock:
         out["takeover_vs_sanlock"] = ratio(results["takeover_s"], sanlock["takeover_s"])
@@ -254,3 +272,146 @@ async def _takeover(config: DaemonConfig, root: Path, lockspace: str, pid: int, 
         took = time.monotonic() - died
         await taker.stop()
     return round(took, 3)
+
+
+# -- the daemon process itself ------------------------------------------------------------------------------
+class AdminConnection:
+    """One blocking connection to a lockd admin socket (requests answered in order, one JSON line each)."""
+
+    def __init__(self, path: str, *, timeout_s: float = 60.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout_s)
+        self.sock.connect(path)
+        self.reader = self.sock.makefile("rb")
+
+    def call(self, payload: dict[str, Any]) -> Any:
+        self.sock.sendall(json.dumps(payload).encode() + b"\n")
+        answer = json.loads(self.reader.readline())
+        if not answer.get("ok"):
+            raise RuntimeError(f"lockd {payload['op']}: {answer.get('error')}")
+        return answer["result"]
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def daemon_config_text(config: DaemonConfig, *, host_id: str, root: Path, lockspace: str) -> str:
+    """A config for a private lockd daemon on ``config``'s store and timing: own state dir and sockets (the
+    virtlockd protocol served as on a libvirt host), no outside watchdog, no data-path fencer (nothing here
+    is ever taken over)."""
+    top = {"host_id": host_id, "ttl_s": config.ttl_s, "renew_interval_s": config.renew_interval_s,
+           "margin_s": config.margin_s, "io_timeout_s": config.io_timeout_s, "state_dir": str(root / "state"),
+           "admin_socket": str(root / "admin.sock"), "virtlockd_socket": str(root / "virtlockd.sock"),
+           "lease_root": str(root / "leases"), "lockspaces": [lockspace], "watchdog": False,
+           "log_level": "info"}  # one line per lease event, as in production
+    lines = [f"{key} = {_toml_value(value)}" for key, value in top.items()]
+    lines += ["", "[store]"] + [f"{key} = {_toml_value(value)}" for key, value in config.store.items()]
+    return "\n".join(lines) + "\n"
+
+
+def daemon_figures(config: DaemonConfig, *, rounds: int, lease_counts: tuple[int, ...],
+                   progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Start ``python -m lockd.daemon`` on the store, measure it over its admin socket (blocking)."""
+    lockspace = f"bench-{secrets.token_hex(4)}"
+    tmpfs = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="lockd-bench-daemon-", dir=tmpfs) as tmp:
+        root = Path(tmp)
+        (root / "lockd.toml").write_text(daemon_config_text(config, host_id=f"bench-daemon-{secrets.token_hex(3)}",
+                                                            root=root, lockspace=lockspace))
+        repo = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+        with open(root / "daemon.log", "wb") as log:
+            daemon = subprocess.Popen([sys.executable, "-m", "lockd.daemon", "-c", str(root / "lockd.toml")],
+                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+        owner = subprocess.Popen(["sleep", "3600"])
+        admin: AdminConnection | None = None
+        try:
+            admin = _wait_for_admin(str(root / "admin.sock"), daemon, root / "daemon.log")
+            settle_s = 3 * config.renew_interval_s
+            time.sleep(settle_s)
+            figures: dict[str, Any] = {"lockspace": lockspace, "pid": daemon.pid,
+                                       "rss_idle_mib": round(rss_mib(daemon.pid), 1)}
+            progress(f"lockd daemon: acquire/release over its admin socket x{rounds}")
+            acquire_s, release_s = [], []
+            for i in range(rounds):
+                request = {"lockspace": lockspace, "key": f"latency-{i % 10}", "pid": owner.pid}
+                t0 = time.perf_counter()
+                admin.call({"op": "acquire", **request})
+                t1 = time.perf_counter()
+                admin.call({"op": "release", **request})
+                acquire_s.append(t1 - t0)
+                release_s.append(time.perf_counter() - t1)
+            figures["acquire_ms"] = _summary_ms(acquire_s)
+            figures["release_ms"] = _summary_ms(release_s)
+            rows, held, new_s = [], 0, []
+            for count in lease_counts:
+                progress(f"lockd daemon: holding {count} leases")
+                while held < count:
+                    t0 = time.perf_counter()
+                    admin.call({"op": "acquire", "lockspace": lockspace, "key": f"held-{held}", "pid": owner.pid})
+                    new_s.append(time.perf_counter() - t0)
+                    held += 1
+                time.sleep(settle_s)  # a few renewals with that many leases held
+                status = admin.call({"op": "status"})
+                rows.append({"leases": status["leases"], "daemon_rss_mib": round(rss_mib(daemon.pid), 1),
+                             "threads": _threads(daemon.pid),
+                             "renew_ms_last": round((status["lockspaces"][0]["last_renew_latency_s"] or 0) * 1e3, 3)})
+            figures["held"] = rows
+            if new_s:
+                figures["acquire_new_key_ms"] = _summary_ms(new_s)
+            progress("lockd daemon: releasing (its owner exits)")
+            owner.kill()
+            owner.wait()
+            deadline = time.monotonic() + max(60.0, held * 0.02)
+            while time.monotonic() < deadline:
+                status = admin.call({"op": "status"})
+                if status["leases"] == 0 and status["pending_releases"] == 0:
+                    break
+                time.sleep(0.2)
+            return figures
+        finally:
+            if admin is not None:
+                admin.close()
+            if owner.poll() is None:
+                owner.kill()
+                owner.wait()
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+
+
+def _wait_for_admin(path: str, daemon: subprocess.Popen[bytes], log: Path) -> AdminConnection:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            admin = AdminConnection(path)
+            admin.call({"op": "status"})
+            return admin
+        except (OSError, RuntimeError, ValueError):
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"lockd daemon did not start: {log.read_text()[-500:]}") from None
+            time.sleep(0.05)
+
+
+def _summary_ms(values: list[float]) -> dict[str, float]:
+    return {"p50": round(statistics.median(values) * 1e3, 3), "p99": round(percentile(values, 0.99) * 1e3, 3)}
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))

@@ -170,6 +170,9 @@ def bench(config: ConfigOption = None,
           baselines: Annotated[bool, typer.Option(help="also measure sanlock (lab daemon) and virtlockd")] = True,
           sanlock_takeover: Annotated[bool, typer.Option(
               help="also measure sanlock's takeover of a dead host's lease (about 70 s)")] = False,
+          daemon_leases: Annotated[str, typer.Option(
+              help="lease counts at which to measure a real lockd daemon's RSS, comma-separated ('' to skip)")] = (
+              "1000,10000"),
           as_json: JsonOption = False) -> None:
     """Figures on the configured store: acquire/release latency, store ops per renewal and RSS by lease
     count, takeover time after a holder's death; the same for sanlock and virtlockd in the same run, with
@@ -179,11 +182,14 @@ def bench(config: ConfigOption = None,
 
     try:
         counts = tuple(int(n) for n in leases.split(","))
+        daemon_counts = tuple(int(n) for n in daemon_leases.split(",") if n.strip())
     except ValueError:
-        raise typer.BadParameter(f"--leases wants comma-separated integers, not {leases!r}") from None
+        raise typer.BadParameter(f"--leases and --daemon-leases want comma-separated integers, not {leases!r} "
+                                 f"/ {daemon_leases!r}") from None
     settings = load_config(config or DEFAULT_CONFIG)
     data = asyncio.run(run_bench(settings, rounds=rounds, lease_counts=counts, takeover=takeover,
                                  baselines=baselines, sanlock_takeover=sanlock_takeover,
+                                 daemon_leases=daemon_counts,
                                  progress=lambda text: typer.echo(f"... {text}", err=True)))
     lines = [f"store {data['store']}, TTL {data['timing']['ttl_s']} s, renew every "
              f"{data['timing']['renew_interval_s']} s",
@@ -194,6 +200,14 @@ def bench(config: ConfigOption = None,
               for row in data["renewal"]]
     if "takeover_s" in data:
         lines.append(f"takeover {data['takeover_s']} s after the holder died")
+    if "daemon" in data:
+        daemon = data["daemon"]
+        lines.append(f"lockd daemon (pid {daemon['pid']}) over its admin socket: acquire p50 "
+                     f"{daemon['acquire_ms']['p50']} ms p99 {daemon['acquire_ms']['p99']} ms; release p50 "
+                     f"{daemon['release_ms']['p50']} ms p99 {daemon['release_ms']['p99']} ms; RSS idle "
+                     f"{daemon['rss_idle_mib']} MiB")
+        lines += [f"{row['leases']:>6} leases held: daemon RSS {row['daemon_rss_mib']} MiB, {row['threads']} threads"
+                  for row in daemon["held"]]
     for who, wire in data["wire"].items():
         lines.append(f"{who} over the virtlockd protocol: REGISTER+ACQUIRE p50 {wire['register_acquire_ms']['p50']}"
                      f" ms p99 {wire['register_acquire_ms']['p99']} ms; RELEASE p50 {wire['release_ms']['p50']} ms"

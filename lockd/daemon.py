@@ -34,9 +34,13 @@ or killing owners (the next lockd re-adopts them).
 
 from __future__ import annotations
 
+import lockd._daemon_prelude  # noqa: F401 - first, before asyncio: see there
+
+# isort: split
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -54,10 +58,6 @@ from lockd.fence import BackendFencer, Fencer, NoFencer
 from lockd.lease import LeaseTiming, Mode
 from lockd.manager import LeaseManager, ManagerConfig
 from lockd.stores.base import LeaseStore
-from lockd.stores.file import FileLeaseStore
-from lockd.stores.gluster import GlusterLeaseStore, GlusterStoreConfig
-from lockd.stores.iscsi import IscsiLeaseStore, IscsiStoreConfig
-from lockd.stores.rados import RadosLeaseStore, RadosStoreConfig
 from lockd.watchdog import ensure_running as ensure_watchdog
 
 log = logging.getLogger("lockd")
@@ -101,16 +101,26 @@ class DaemonConfig:
 
     def open_store(self) -> LeaseStore:
         """A new, unconnected store from the ``[store]`` table."""
+        # Each store is imported only when configured: the gluster and iscsi stores pull in hvstore's ctypes
+        # bindings (libgfapi, libiscsi), about 2 MiB of RSS a RADOS or file daemon would carry for nothing.
         table = dict(self.store)
         kind = table.pop("type", None)
         try:
             if kind == "file":
+                from lockd.stores.file import FileLeaseStore
+
                 return FileLeaseStore(table.pop("path"))
             if kind == "rados":
+                from lockd.stores.rados import RadosLeaseStore, RadosStoreConfig
+
                 return RadosLeaseStore(RadosStoreConfig(**table))
             if kind == "gluster":
+                from lockd.stores.gluster import GlusterLeaseStore, GlusterStoreConfig
+
                 return GlusterLeaseStore(GlusterStoreConfig(**table))
             if kind == "iscsi":
+                from lockd.stores.iscsi import IscsiLeaseStore, IscsiStoreConfig
+
                 return IscsiLeaseStore(IscsiStoreConfig(**table))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"[store] of type {kind!r}: {exc}") from None
@@ -280,6 +290,10 @@ async def serve(config: DaemonConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await manager.start()
+    # Everything allocated so far (modules, the store client) lives as long as the daemon: keep it out of
+    # the cyclic GC's full collections, whose pauses would otherwise land in ACQUIRE latencies.
+    gc.freeze()
+    trim_heap()
     if config.watchdog:
         ensure_watchdog(manager.config.state_dir)
     admin = AdminServer(manager, config.admin_socket)
@@ -301,6 +315,7 @@ async def serve(config: DaemonConfig) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
             manager.run(tg)
+            tg.create_task(_trim_heap_loop(), name="lockd-trim-heap")
             await stop.wait()
             raise _Shutdown
     except* _Shutdown:
@@ -311,6 +326,38 @@ async def serve(config: DaemonConfig) -> None:
         await admin.stop()
         await manager.stop()
         log.info("lockd %s stopped; leases kept for the next start", config.host_id)
+
+
+TRIM_HEAP_EVERY_S = 30.0
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the kernel (glibc ``malloc_trim``; a no-op elsewhere).
+
+    The daemon's memory is mostly long-lived objects plus the free space that imports, the store client's
+    start-up and bursts of requests leave behind in glibc's arenas (0.8 MiB measured after start-up on RADOS,
+    1.8 MiB on the file store); glibc returns only the top of the main heap by itself. Takes well under a
+    millisecond here (0.2 ms the first time, 0.01 ms after)."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        try:
+            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            _libc.malloc_trim  # noqa: B018 - glibc only: fail here, once, not at every call
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc: Any = None
+
+
+async def _trim_heap_loop() -> None:
+    while True:
+        await asyncio.sleep(TRIM_HEAP_EVERY_S)
+        trim_heap()
 
 
 class _Shutdown(Exception):

@@ -11,6 +11,10 @@ Lifecycle: constructed (stores config) -> ``await start()`` (connects the store,
   conflicting holder is confirmed dead, a takeover: evict its heartbeat by compare-and-swap on the exact
   counter judged dead (a renewal in flight then loses), cut off its store client (``fence_client``), fence
   the volume's data path (``Fencer``), then compare-and-swap the record (token + 1).
+* Store operations per ACQUIRE: a read of the record and one guarded write; no read when this host
+  released that record last (its version is remembered, ``FREE_RECORDS_KEPT``); heartbeats are read only
+  when the record names other holders. An exclusive RELEASE is one guarded write (the record is known).
+  A stale guess only costs a failed write and the read it skipped: the write is guarded either way.
 * Self-fence: when no renewal started within the last TTL - margin has been acknowledged, or our heartbeat
   was evicted, every owner holding a lease in that lockspace gets SIGKILL (through its pidfd) and the
   lockspace is re-joined with a new incarnation; records still naming the old one are released.
@@ -35,9 +39,9 @@ import fcntl
 import json
 import logging
 import os
-import secrets
+import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,6 +69,7 @@ from lockd.lease import (
     RenewalDeadline,
     Resource,
     TakeOver,
+    Versioned,
     decide_acquire,
     decide_release,
     validate_host_id,
@@ -79,6 +84,7 @@ log = logging.getLogger("lockd")
 
 T = TypeVar("T")
 ACQUIRE_ATTEMPTS = 3  # CAS retries when another host changes the record between our read and write
+FREE_RECORDS_KEPT = 1024  # records this host released last, remembered to acquire them again without a read
 
 
 @dataclass(frozen=True)
@@ -98,15 +104,19 @@ class ManagerConfig:
             raise InvalidRequest(f"io_timeout_s {self.io_timeout_s} must be > 0 and below ttl_s - margin_s")
 
 
-@dataclass
+@dataclass(slots=True)
 class HeldLease:
+    """One lease this host holds. Compact (slots, owners a tuple: nearly always one process), because a
+    host may hold tens of thousands; ``lockspace`` and ``incarnation`` are shared strings, the owner
+    ``ProcessRef``s the manager's canonical ones."""
+
     lockspace: str
     key: str
     mode: Mode
     token: int
     version: int
     incarnation: str
-    owners: set[ProcessRef] = field(default_factory=set)
+    owners: tuple[ProcessRef, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"lockspace": self.lockspace, "key": self.key, "mode": self.mode.value, "token": self.token,
@@ -117,7 +127,45 @@ class HeldLease:
     def from_json(cls, data: dict[str, Any]) -> HeldLease:
         return cls(str(data["lockspace"]), str(data["key"]), Mode(data["mode"]), int(data["token"]),
                    int(data["version"]), str(data["incarnation"]),
-                   {ProcessRef.from_json(p) for p in data["owners"]})
+                   tuple(sorted({ProcessRef.from_json(p) for p in data["owners"]})))
+
+
+class LeaseTable:
+    """The leases this host holds, by (lockspace, key). Nested per lockspace, so a held lease costs no
+    (lockspace, key) tuple of its own: a host may hold tens of thousands."""
+
+    def __init__(self) -> None:
+        self._by_space: dict[str, dict[str, HeldLease]] = {}
+        self._count = 0
+
+    def get(self, ref: tuple[str, str]) -> HeldLease | None:
+        leases = self._by_space.get(ref[0])
+        return leases.get(ref[1]) if leases is not None else None
+
+    def __contains__(self, ref: tuple[str, str]) -> bool:
+        return self.get(ref) is not None
+
+    def __setitem__(self, ref: tuple[str, str], lease: HeldLease) -> None:
+        leases = self._by_space.setdefault(ref[0], {})
+        self._count += ref[1] not in leases
+        leases[ref[1]] = lease
+
+    def __delitem__(self, ref: tuple[str, str]) -> None:
+        leases = self._by_space[ref[0]]
+        del leases[ref[1]]
+        self._count -= 1
+        if not leases:
+            del self._by_space[ref[0]]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def values(self) -> Iterator[HeldLease]:
+        for leases in self._by_space.values():
+            yield from leases.values()
+
+    def count_in(self, lockspace: str) -> int:
+        return len(self._by_space.get(lockspace, ()))
 
 
 @dataclass
@@ -179,8 +227,11 @@ class LeaseManager:
         self.metrics = Metrics()
         self.started_at = clock()
         self._spaces: dict[str, Space] = {}
-        self._leases: dict[tuple[str, str], HeldLease] = {}
+        self._leases = LeaseTable()
         self._releasing: dict[tuple[str, str], str] = {}  # record still names us (incarnation): release it
+        # (lockspace, key) -> (token, version) of the free record we wrote when we last released it, oldest
+        # first: an acquire guards its write with that version instead of reading the record first.
+        self._released: dict[tuple[str, str], tuple[int, int]] = {}
         self._handles: dict[ProcessRef, ProcessHandle] = {}
         self._exited: list[ProcessRef] = []  # owners seen gone before run() had a task group
         self._mutex = asyncio.Lock()
@@ -245,7 +296,11 @@ class LeaseManager:
         """
         validate_lockspace(lockspace)
         validate_key(key)
+        lockspace = sys.intern(lockspace)  # one string per lockspace, not one per lease held
         process = ProcessRef.of_pid(pid)
+        handle = self._handles.get(process)
+        if handle is not None:
+            process = handle.process  # the canonical instance: one per owner, not one per lease held
         started = self.clock()
         async with self._mutex:
             lease = await self._acquire_locked(lockspace, key, process, mode)
@@ -269,7 +324,7 @@ class LeaseManager:
                 gone = {p for p in lease.owners if p.pid == pid}
                 if not gone:
                     raise NotFound(f"pid {pid} does not hold {lockspace}/{key}")
-            lease.owners -= gone
+            lease.owners = tuple(p for p in lease.owners if p not in gone)
             log.info("release %s/%s pid=%s owners_left=%d", lockspace, key,
                      ",".join(str(p.pid) for p in sorted(gone)), len(lease.owners))
             if not lease.owners:
@@ -282,7 +337,7 @@ class LeaseManager:
         """An owner exited: release everything it held."""
         async with self._mutex:
             for lease in [le for le in self._leases.values() if process in le.owners]:
-                lease.owners.discard(process)
+                lease.owners = tuple(p for p in lease.owners if p != process)
                 log.info("owner pid=%d exited: drops %s/%s", process.pid, lease.lockspace, lease.key)
                 if not lease.owners:
                     await self._drop_lease(lease, wait=False)
@@ -369,7 +424,7 @@ class LeaseManager:
                 "self_fence_in_s": _round(space.deadline.remaining_s(now)),
                 "last_renew_latency_s": _round(space.last_renew_latency_s, 6),
                 "watched_s": round(space.tracker.watched_s, 3),
-                "leases": sum(1 for le in self._leases.values() if le.lockspace == name),
+                "leases": self._leases.count_in(name),
             })
         timing = self.config.timing
         return {
@@ -390,8 +445,16 @@ class LeaseManager:
         space = await self._ensure_joined(self._space(lockspace))
         self._require_healthy(space)
         me = space.me
-        for _ in range(ACQUIRE_ATTEMPTS):
-            current = await self._io(f"read lease {lockspace}/{key}", self.store.read_resource, lockspace, key)
+        released = self._released.pop((lockspace, key), None)
+        for _ in range(ACQUIRE_ATTEMPTS + (released is not None)):
+            current: Versioned[Resource] | None
+            if released is not None:
+                # We released it last: the free record we wrote, at the version the store gave it. Our write
+                # below is guarded by that version, so it lands on exactly that record or fails (someone
+                # changed it since), and then we read it like any other.
+                current, released = Versioned(Resource(key, token=released[0]), released[1]), None
+            else:
+                current = await self._io(f"read lease {lockspace}/{key}", self.store.read_resource, lockspace, key)
             record = current.value if current else None
             if record is not None and any(h != me for h in record.holders):
                 await self._observe(space)  # judge the holders on a fresh read, not the last renew's
@@ -418,12 +481,13 @@ class LeaseManager:
                 # We self-fenced while writing: the record names a dead incarnation; it is released later.
                 self._releasing[(lockspace, key)] = me.incarnation
                 raise LeaseLost(f"lost lockspace {lockspace} while acquiring {key}: self-fenced, retry")
-            self._releasing.pop((lockspace, key), None)
-            lease = HeldLease(lockspace, key, mode, decision.record.token, version, me.incarnation, {process})
-            self._leases[(lockspace, key)] = lease
             self._watch(process)
+            lease = HeldLease(lockspace, key, mode, decision.record.token, version, me.incarnation,
+                              self._alone(process))
+            self._leases[(lockspace, key)] = lease
             self._sync_lease(lockspace, key)
-            self._persist()
+            if self._releasing.pop((lockspace, key), None) is not None:
+                self._persist()  # otherwise state.json did not change: the lease has its own file
             log.info("acquired %s/%s mode=%s token=%d pid=%d%s", lockspace, key, mode.value, lease.token,
                      process.pid, " (takeover)" if isinstance(decision, TakeOver) else "")
             return lease
@@ -445,7 +509,7 @@ class LeaseManager:
         if process in held.owners and held.mode == mode:
             return held
         if mode == Mode.SHARED and held.mode == Mode.SHARED:
-            held.owners.add(process)
+            held.owners += (process,)
             self._watch(process)
             self._sync_lease(held.lockspace, held.key)
             log.info("acquired %s/%s mode=shared token=%d pid=%d (joins local holding)", held.lockspace,
@@ -513,23 +577,36 @@ class LeaseManager:
         self.metrics.releases += 1
         if not wait:
             return
+        known = None
+        if lease.mode == Mode.EXCLUSIVE:
+            # An exclusive record names exactly its one holder: what we wrote is known, at lease.version.
+            record = Resource(lease.key, Mode.EXCLUSIVE, (Owner(self.config.host, lease.incarnation),), lease.token)
+            known = Versioned(record, lease.version)
         try:
-            await self._release_record(lease.lockspace, lease.key, lease.incarnation)
+            await self._release_record(lease.lockspace, lease.key, lease.incarnation, known=known)
         except LockdError as error:
             log.warning("release of %s/%s not written yet (%s); retrying in the background", lease.lockspace,
                         lease.key, error)
 
-    async def _release_record(self, lockspace: str, key: str, incarnation: str) -> None:
+    async def _release_record(self, lockspace: str, key: str, incarnation: str, *,
+                              known: Versioned[Resource] | None = None) -> None:
+        """Write the record without us (``known``: the record as we wrote it, so no read first; the write is
+        guarded by its version, and a conflict makes us read it)."""
         me = Owner(self.config.host, incarnation)
-        for _ in range(ACQUIRE_ATTEMPTS):
-            current = await self._io(f"read lease {lockspace}/{key}", self.store.read_resource, lockspace, key)
+        for _ in range(ACQUIRE_ATTEMPTS + (known is not None)):
+            if known is not None:
+                current, known = known, None
+            else:
+                current = await self._io(f"read lease {lockspace}/{key}", self.store.read_resource, lockspace, key)
             new = decide_release(current.value if current else None, me)
             if new is None or current is None:
                 break
             try:
-                await self._io(f"release {lockspace}/{key}", self.store.write_resource, lockspace, new,
-                               expected_version=current.version)
+                version = await self._io(f"release {lockspace}/{key}", self.store.write_resource, lockspace, new,
+                                         expected_version=current.version)
                 log.info("released %s/%s token=%d", lockspace, key, new.token)
+                if new.free:
+                    self._remember_released(lockspace, key, new.token, version)
                 break
             except VersionConflict:
                 continue
@@ -537,6 +614,11 @@ class LeaseManager:
             raise VersionConflict(f"release of {lockspace}/{key} kept conflicting")
         if self._releasing.get((lockspace, key)) == incarnation:
             del self._releasing[(lockspace, key)]  # persisted by the caller (once per batch)
+
+    def _remember_released(self, lockspace: str, key: str, token: int, version: int) -> None:
+        self._released[(lockspace, key)] = (token, version)
+        if len(self._released) > FREE_RECORDS_KEPT:
+            del self._released[next(iter(self._released))]  # the oldest
 
     # ------------------------------------------------------------------------------------- heartbeat
 
@@ -741,6 +823,11 @@ class LeaseManager:
         if self._tg is not None:
             self._watch_fd(handle)
 
+    def _alone(self, process: ProcessRef) -> tuple[ProcessRef, ...]:
+        """``(process,)``, shared by every lease the process holds alone (most leases: one tuple per owner)."""
+        handle = self._handles.get(process)
+        return handle.alone if handle is not None else (process,)
+
     def _watch_fd(self, handle: ProcessHandle) -> None:
         loop = asyncio.get_running_loop()
         loop.add_reader(handle.fd, self._owner_exited, handle.process)
@@ -797,11 +884,13 @@ class LeaseManager:
         lease = self._leases.get((lockspace, key))
         if lease is None:
             try:
-                path.unlink(missing_ok=True)
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
             except OSError as exc:
                 log.error("cannot remove %s: %s", path, exc)
             return
-        path.parent.mkdir(exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         write_state(path, lease.to_json())
 
     def _lock_state_dir(self) -> None:
@@ -839,7 +928,7 @@ class LeaseManager:
                 space.deadline.acknowledged(last, last)
         for data in read_lease_states(self.config.state_dir):
             lease = HeldLease.from_json(data)
-            lease.owners = {p for p in lease.owners if p.alive()}
+            lease.owners = tuple(p for p in lease.owners if p.alive())
             self._leases[(lease.lockspace, lease.key)] = lease
         for lockspace, key, incarnation in state.get("releasing", []):
             self._releasing[(lockspace, key)] = incarnation
@@ -875,7 +964,7 @@ class LeaseManager:
 
 
 def _new_incarnation() -> str:
-    return secrets.token_hex(6)
+    return os.urandom(6).hex()  # what secrets.token_hex does, without that module's imports in the daemon
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from lockd.errors import InvalidRequest, ProtocolError
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class ProcessRef:
     pid: int
     start_time: int
@@ -62,6 +62,7 @@ class ProcessHandle:
 
     def __init__(self, process: ProcessRef) -> None:
         self.process = process
+        self.alone = (process,)  # the owners of a lease only this process holds (shared by all of them)
         self.fd = os.pidfd_open(process.pid)
         # The pid may have been reused between looking it up and opening the fd: check it is still ours.
         if not process.alive():

@@ -22,10 +22,13 @@ to read/write the pool and to blocklist (``client.admin`` in the lab).
 from __future__ import annotations
 
 import errno
+import importlib
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, ClassVar
 
 from lockd.errors import FenceFailed, LeaseLost, StoreUnavailable, VersionConflict
@@ -72,7 +75,7 @@ class RadosLeaseStore(LeaseStore):
     def connect(self) -> None:
         if self._ioctx is not None:
             return
-        import rados  # python3-rados: only needed when this store is used
+        rados = _import_rados()
 
         timeout = str(int(max(1, self.config.op_timeout_s)))
         options = {"rados_osd_op_timeout": timeout, "rados_mon_op_timeout": timeout,
@@ -151,7 +154,12 @@ class RadosLeaseStore(LeaseStore):
             else:
                 op.assert_version(expected_version)
             op.write_full(record.encode().encode())
-            self._io.operate_write_op(op, oid)
+            try:
+                self._io.operate_write_op(op, oid)
+            except rados.ObjectNotFound:
+                # assert_version on an object that is gone (a recreated pool): the guard did not hold.
+                raise VersionConflict(f"lease {lockspace}/{record.key} does not exist (expected version "
+                                      f"{expected_version})") from None
             return int(self._io.get_last_version())
 
     def list_resources(self, lockspace: str) -> list[Versioned[Resource]]:
@@ -300,6 +308,21 @@ class _RadosOps:
             if code in _CONFLICT_ERRNOS:
                 raise VersionConflict(f"{self.what}: changed under us ({errno.errorcode.get(code, code)})") from None
             raise StoreUnavailable(f"{self.what}: {exc}") from None
+
+
+def _import_rados() -> ModuleType:
+    """python3-rados, imported on a thread of its own the first time (only a daemon using this store needs it).
+
+    Loading librados runs libceph-common's initialisers on the importing thread's stack, about 1 MiB of it
+    (measured). A thread that exits gives those pages back (glibc drops a finished thread's stack); the main
+    thread or an executor worker would keep them resident for the daemon's lifetime."""
+    if "rados" not in sys.modules:
+        loader = threading.Thread(target=importlib.import_module, args=("rados",), name="lockd-import-rados")
+        loader.start()
+        loader.join()
+    import rados  # already loaded; or, if loading failed on that thread, the same error again here
+
+    return rados
 
 
 def _heartbeat_oid(lockspace: str) -> str:

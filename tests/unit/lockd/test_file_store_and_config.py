@@ -182,9 +182,14 @@ def test_bench_prints_figures_as_json(tmp_path: Path) -> None:
     config = write(tmp_path, f'host_id = "bench"\nttl_s = 2.0\nrenew_interval_s = 0.2\nmargin_s = 1.0\n'
                              f'io_timeout_s = 0.5\n[store]\ntype = "file"\npath = "{tmp_path / "store"}"\n')
     done = lockd_cli("bench", "--config", str(config), "--rounds", "5", "--leases", "1,20", "--no-takeover",
-                     "--json")
+                     "--daemon-leases", "3,7", "--json")
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
     assert [row["leases"] for row in figures["renewal"]] == [1, 20]
+    daemon = figures["daemon"]  # a real lockd daemon, measured over its admin socket
+    assert [row["leases"] for row in daemon["held"]] == [3, 7]
+    assert daemon["pid"] > 0 and daemon["pid"] != os.getpid()
+    assert daemon["rss_idle_mib"] > 0 and all(row["daemon_rss_mib"] > 0 for row in daemon["held"])
+    assert daemon["acquire_ms"]["p99"] >= daemon["acquire_ms"]["p50"] > 0
     assert figures["acquire_ms"]["p99"] >= figures["acquire_ms"]["p50"] > 0
     assert all(row["store_ops_per_renew"] > 0 for row in figures["renewal"])

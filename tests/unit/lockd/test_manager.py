@@ -380,3 +380,41 @@ def test_takeover_fences_the_dead_host_never_this_one(tmp_path: Path, clock: Clo
         await b.stop()
 
     run(scenario())
+
+
+def test_reacquire_after_own_release_skips_the_read_but_sees_other_hosts(tmp_path: Path, clock: Clock,
+                                                                         spawn: Callable) -> None:
+    """An exclusive release and an acquire of a record this host released last write without reading it
+    first (one store operation each); the write is guarded by the version we wrote, so a change by another
+    host in between is still seen (busy, or a fresh read and a higher token)."""
+    from lockd.bench import CountingStore
+
+    async def scenario() -> None:
+        counting = CountingStore(FileLeaseStore(tmp_path / "store"))
+        config = ManagerConfig(host="hosta", timing=TIMING, io_timeout_s=2.0, state_dir=tmp_path / "run-hosta",
+                               lockspaces=(LS,))
+        a = LeaseManager(config, counting, clock=clock)
+        b = manager(tmp_path, "hostb", clock)
+        await a.start()
+        await b.start()
+        p1, p2 = spawn(), spawn()
+        first = await a.acquire(LS, "disk", p1.pid)
+        await a.release(LS, "disk", p1.pid)
+        counting.calls.clear()
+        again = await a.acquire(LS, "disk", p1.pid)
+        await a.release(LS, "disk", p1.pid)
+        assert again.token == first.token + 2  # the release wrote token + 1
+        assert counting.calls == {"write_resource": 2}
+        taken = await b.acquire(LS, "disk", p2.pid)  # changes the record a released last
+        with pytest.raises(LeaseHeld, match="hostb"):
+            await a.acquire(LS, "disk", p1.pid)
+        await b.release(LS, "disk", p2.pid)
+        counting.calls.clear()
+        latest = await a.acquire(LS, "disk", p1.pid)
+        assert latest.token > taken.token
+        assert counting.calls["read_resource"] == 1  # not ours last: read before the write
+        assert (await a.peek(LS, "disk")).holders == (a._spaces[LS].me,)
+        await a.stop()
+        await b.stop()
+
+    run(scenario())
