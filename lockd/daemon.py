@@ -103,7 +103,9 @@ class DaemonConfig:
         """A new, unconnected store from the ``[store]`` table."""
         # Each store is imported only when configured: the gluster and iscsi stores pull in hvstore's ctypes
         # bindings (libgfapi, libiscsi), about 2 MiB of RSS a RADOS or file daemon would carry for nothing.
-        table = dict(self.store)
+        # "{host}" stands for this host's id, so one table serves every host (e.g. an iSCSI initiator IQN).
+        table = {key: value.replace("{host}", self.host_id) if isinstance(value, str) else value
+                 for key, value in self.store.items()}
         kind = table.pop("type", None)
         try:
             if kind == "file":

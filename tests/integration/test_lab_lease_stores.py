@@ -13,13 +13,15 @@ from lockd.lease import Heartbeat
 from tests.integration.conftest import lab_store
 
 
-@pytest.mark.parametrize(("store", "kind"), [("ceph", "rados"), ("gluster", "gluster"), ("gluster-dist", "gluster")])
+@pytest.mark.parametrize(("store", "kind"), [("ceph", "rados"), ("gluster", "gluster"), ("gluster-dist", "gluster"),
+                                             ("iscsi", "iscsi")])
 def test_a_lab_lease_store_holds_a_heartbeat(lab, store, kind):
     lab_store(lab, store)
     table = load_config(lab.config_path).lease_stores[store]
     assert table["type"] == kind
-    # The lab's own table, moved aside (another namespace / directory) so the lab lockd never sees the test.
-    scratch = {"namespace": "lab-lease-test"} if kind == "rados" else {"root": "/lockd-test-lab"}
+    # The lab's own table, moved aside (another namespace / directory) so the lab lockd never sees the test;
+    # the iSCSI LUN has no such place (a lockspace of its own keeps the test apart). {host} -> "hosta".
+    scratch = {"rados": {"namespace": "lab-lease-test"}, "gluster": {"root": "/lockd-test-lab"}}.get(kind, {})
     lease_store = DaemonConfig(host_id="hosta", store={**table, **scratch}).open_store()
     lease_store.connect()
     try:

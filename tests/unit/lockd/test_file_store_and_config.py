@@ -134,6 +134,17 @@ def test_store_table_errors(tmp_path: Path) -> None:
         load_config(write(tmp_path, 'host_id = "a"\n[store]\ntype = "rados"\nconf = "/x"\n')).open_store()
 
 
+def test_host_in_a_store_table_is_this_hosts_id(tmp_path: Path) -> None:
+    """One [store] table for every host (as hvstore.toml's [lease_stores] give it): {host} -> host_id."""
+    text = ('host_id = "hostb"\n[store]\ntype = "iscsi"\nportal = "127.0.0.1:3260"\n'
+            'target = "iqn.2026-11.org.hvstore:iscsi.lockd-leases"\n'
+            'initiator = "iqn.2026-11.org.hvstore:{host}.lockd"\n')
+    store = load_config(write(tmp_path, text)).open_store()
+    assert store.config.initiator == "iqn.2026-11.org.hvstore:hostb.lockd"  # type: ignore[attr-defined]
+    file_store = load_config(write(tmp_path, f'host_id = "a"\n[store]\ntype = "file"\npath = "{tmp_path}/{{host}}"\n'))
+    assert file_store.open_store().root == tmp_path / "a"  # type: ignore[attr-defined]
+
+
 def test_missing_config_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--config"):
         load_config(tmp_path / "absent.toml")
