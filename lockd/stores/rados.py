@@ -21,6 +21,7 @@ to read/write the pool and to blocklist (``client.admin`` in the lab).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import json
@@ -220,7 +221,11 @@ class RadosLeaseStore(LeaseStore):
 
     def _abandon_client(self) -> None:
         """Leave the current client to the call stuck in it (never shut down under it) and reconnect at the
-        next call: a new lock, a new client with a new address nonce."""
+        next call: a new lock, a new client with a new address nonce. The old client is shut down once
+        that call returns (at once if none is running)."""
+        if self._cluster is not None:
+            threading.Thread(target=_retire_client, args=(self._lock, self._cluster, self._ioctx),
+                             name="lockd-rados-retire", daemon=True).start()
         self._lock = threading.Lock()
         self._cluster = self._ioctx = None
         self._shut_down = False
@@ -266,6 +271,16 @@ class RadosLeaseStore(LeaseStore):
                     raise FenceFailed(f"OSDs {sorted(pending)} did not reach osdmap epoch {epoch}")
                 time.sleep(0.02)
         return time.monotonic() - started
+
+
+def _retire_client(lock: threading.Lock, cluster: Any, ioctx: Any) -> None:
+    """Shut an abandoned client down when the call stuck in it returns: without this every reconnect leaked
+    a client's threads and buffers (a daemon reached 216 threads and 88 MiB across Ceph restarts)."""
+    with lock:
+        with contextlib.suppress(Exception):
+            ioctx.close()
+        with contextlib.suppress(Exception):
+            cluster.shutdown()
 
 
 class _RadosOps:

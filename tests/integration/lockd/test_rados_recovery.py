@@ -22,6 +22,7 @@ def test_store_recovers_after_the_cluster_is_killed_and_restarted(lab):
         lockspace = "recovery"
         first = Heartbeat("hosta", "inc1", 0, 8.0, client=store.client_id())
         store.write_heartbeat(lockspace, first, expected=None)
+        threads_with_one_client = _threads()
         (ceph,) = lab.services(["ceph"])
         for name in ceph.process_names:  # the mon and every OSD
             os.kill(lab.lab.daemon_pid(name), signal.SIGKILL)
@@ -36,5 +37,15 @@ def test_store_recovers_after_the_cluster_is_killed_and_restarted(lab):
                 time.sleep(0.2)
         assert beats["hosta"] == first
         store.write_heartbeat(lockspace, first.renewed(client=store.client_id()), expected=first)
+        # Every client abandoned on the way was shut down: this process is back to one client's threads.
+        deadline = time.monotonic() + 60
+        while _threads() > threads_with_one_client:
+            assert time.monotonic() < deadline, f"{_threads()} threads, {threads_with_one_client} with one client"
+            time.sleep(0.2)
     finally:
         store.close()
+
+
+def _threads() -> int:
+    """Threads of this process, librados' native ones included."""
+    return len(os.listdir("/proc/self/task"))
