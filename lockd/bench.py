@@ -139,6 +139,10 @@ async def bench(config: DaemonConfig, *, rounds: int = 200, lease_counts: tuple[
             async with asyncio.TaskGroup() as tg:
                 a.run(tg)  # renewing in the background, as in the daemon
                 await _latency(a, lockspace, owner.pid, rounds, results, progress)
+                floor = results["store_write_ms"] = await _store_floor(counting, lockspace, rounds, progress)
+                results["ratios_to_store"] = {
+                    f"{op}_{q}": round(results[f"{op}_ms"][q] / floor[q], 2) if floor[q] else None
+                    for op in ("acquire", "release") for q in ("p50", "p99")}
                 results["wire"] = {"lockd": await _wire_latency(a, root, lockspace, rounds, progress)}
                 results["renewal"] = await _renewal_cost(a, counting, lockspace, owner.pid, lease_counts,
                                                          progress)
@@ -229,6 +233,24 @@ async def _latency(manager: LeaseManager, lockspace: str, pid: int, rounds: int,
     for name, values in (("acquire_ms", acquire_s), ("release_ms", release_s)):
         results[name] = {"p50": round(statistics.median(values) * 1e3, 3),
                          "p99": round(percentile(values, 0.99) * 1e3, 3)}
+
+
+async def _store_floor(store: LeaseStore, lockspace: str, rounds: int, progress: Callable[[str], None]
+                       ) -> dict[str, float]:
+    """The store's own round trip, with no lease logic: a chain of guarded heartbeat writes (what one
+    renewal is) in a lockspace of its own. An acquire cannot beat it: it is the floor of acquire_ms."""
+    progress(f"store guarded write x{rounds} (the floor)")
+    floor_space = f"{lockspace}-floor"
+    beat = Heartbeat("bench-floor", secrets.token_hex(6), 0, 60.0, client=store.client_id())
+    await asyncio.to_thread(store.write_heartbeat, floor_space, beat, expected=None)
+    times = []
+    for _ in range(rounds):
+        nxt = beat.renewed()
+        t0 = time.perf_counter()
+        await asyncio.to_thread(store.write_heartbeat, floor_space, nxt, expected=beat)
+        times.append(time.perf_counter() - t0)
+        beat = nxt
+    return {"p50": round(statistics.median(times) * 1e3, 3), "p99": round(percentile(times, 0.99) * 1e3, 3)}
 
 
 async def _renewal_cost(manager: LeaseManager, counting: CountingStore, lockspace: str, pid: int,

@@ -194,7 +194,10 @@ def bench(config: ConfigOption = None,
     lines = [f"store {data['store']}, TTL {data['timing']['ttl_s']} s, renew every "
              f"{data['timing']['renew_interval_s']} s",
              f"acquire p50 {data['acquire_ms']['p50']} ms p99 {data['acquire_ms']['p99']} ms; "
-             f"release p50 {data['release_ms']['p50']} ms p99 {data['release_ms']['p99']} ms"]
+             f"release p50 {data['release_ms']['p50']} ms p99 {data['release_ms']['p99']} ms",
+             f"the store's own guarded write (the floor of an acquire): p50 {data['store_write_ms']['p50']} ms "
+             f"p99 {data['store_write_ms']['p99']} ms; acquire p99 / floor p99 "
+             f"{data['ratios_to_store']['acquire_p99']}"]
     lines += [f"{row['leases']:>6} leases: {row['store_ops_per_renew']} store ops per renewal, last renewal "
               f"{row['renew_ms_last']} ms, bench process RSS {row['bench_process_rss_mib']} MiB"
               for row in data["renewal"]]
