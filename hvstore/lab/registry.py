@@ -26,4 +26,6 @@ SERVICES: dict[str, type[LabService]] = {
     "sheepdog-fake": SheepdogFakeService,
     "drbd": DrbdService,
 }
-DEFAULT: tuple[str, ...] = ("local", "ceph", "gluster", "tgt", "sheepdog-fake", "drbd")
+# Everything the main job (hvstore compare) uses: every store, libvirt (provisioning up to a started domain,
+# with lockd as its lock manager) and sanlock (lockd's baseline).
+DEFAULT: tuple[str, ...] = ("local", "ceph", "gluster", "tgt", "libvirt", "sanlock", "sheepdog-fake", "drbd")
