@@ -157,18 +157,13 @@ def private_virtlockd() -> Iterator[tuple[str, int, Path]]:
                 time.sleep(0.02)
             yield str(sock), daemon.pid, scratch  # nsexec exec()s virtlockd: same pid
         finally:
-            stop_daemon(daemon)
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
             log.close()
-
-
-def stop_daemon(daemon: subprocess.Popen[bytes], *, grace_s: float = 10) -> None:
-    """SIGTERM a daemon the bench started, SIGKILL it if it is still there after ``grace_s``; reaped."""
-    daemon.send_signal(signal.SIGTERM)
-    try:
-        daemon.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        daemon.kill()
-        daemon.wait()
 
 
 def virtlockd_figures(rounds: int, progress: Callable[[str], None]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import json
 import os
 import resource
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
@@ -346,7 +347,6 @@ def daemon_config_text(config: DaemonConfig, *, host_id: str, root: Path, locksp
 def daemon_figures(config: DaemonConfig, *, rounds: int, lease_counts: tuple[int, ...],
                    progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Start ``python -m lockd.daemon`` on the store, measure it over its admin socket (blocking)."""
-    from lockd.baselines import stop_daemon
     lockspace = f"bench-{secrets.token_hex(4)}"
     tmpfs = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="lockd-bench-daemon-", dir=tmpfs) as tmp:
@@ -410,7 +410,12 @@ def daemon_figures(config: DaemonConfig, *, rounds: int, lease_counts: tuple[int
             if owner.poll() is None:
                 owner.kill()
                 owner.wait()
-            stop_daemon(daemon)
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
 
 
 def _wait_for_admin(path: str, daemon: subprocess.Popen[bytes], log: Path) -> AdminConnection:
