@@ -10,7 +10,9 @@ the server is not packaged for Debian 12 — on these machines it runs only as t
 Attach: QEMU 7.2 cannot open ``sheepdog:`` URIs, so ``uri``/``disk_xml`` export the VDI through tgtd
 (``--bstype sheepdog``, backing store ``tcp:HOST:PORT:VDI``) as LUN 1 of target ``IQN_PREFIX:STORE.NAME``
 and hand QEMU/libvirt an ``iscsi://`` network disk. The export is idempotent and stays until ``unexport``
-or ``delete``; tgtd forgets it when it restarts (the next ``uri``/``disk_xml`` re-creates it).
+or ``delete``; tgtd forgets it when it restarts (the next ``uri``/``disk_xml`` re-creates it). tgtd is
+driven through ``hvstore.backends.tgtd.Tgtd``, as by the iscsi backend (same host lock, so both can share
+one tgtd).
 
 Cannot: shrink (no such operation in sheep), flatten, rename natively (sheep finds VDIs by hashing their
 name: ``rename`` is emulated by snapshot + copy-on-write clone + delete, for volumes without snapshots).
@@ -22,27 +24,23 @@ stops a second locker, and only on clusters formatted with ``dog cluster format 
 from __future__ import annotations
 
 import datetime
-import fcntl
 import json
 import re
 import time
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
 from xml.sax.saxutils import escape
 
 from hvstore.backends.base import Backend, BlockIO, StoreConfig, option
 from hvstore.backends.tgtd import Tgtd
-from hvstore.errors import AlreadyExists, BackendUnavailable, Busy, ConfigError, InvalidArgument, NotFound, ToolFailed
+from hvstore.errors import AlreadyExists, BackendUnavailable, Busy, ConfigError, InvalidArgument, NotFound
 from hvstore.model import Capabilities, Feature, FenceResult, SnapshotInfo, VolumeInfo, no, yes
 from hvstore.protocols.sheepdog import SheepdogClient, SheepdogConnection, parse_address
 from hvstore.protocols.sheepdog_codec import MAX_BLOCK_SIZE_SHIFT, MIN_BLOCK_SIZE_SHIFT, InodeHeader
 from hvstore.protocols.sheepdog_io import VdiIO
-from hvstore.run import Completed, run
-from hvstore.tools import tgtadm
-from hvstore.tools.tgtadm import TUNED_PARAMETERS, TargetInfo, Tgtadm
+from hvstore.tools.tgtadm import TargetInfo
 
 LUN = 1
 QEMU_DEFAULT_INITIATOR = "iqn.2008-11.org.linux-kvm"
@@ -123,7 +121,8 @@ class SheepdogBackend(Backend[SheepdogConfig]):
     def __init__(self, store: str, config: SheepdogConfig) -> None:
         super().__init__(store, config)
         self._conn: SheepdogConnection | None = None
-        self.tool = Tgtadm(config.control_port)
+        self.tgtd = Tgtd(config.control_socket, config.control_port, owner=f"sheepdog store {store!r}",
+                         remedy="start tgtd ('hvstore lab up tgt') to attach sheepdog volumes")
 
     def connect(self) -> None:
         if self.config.block_size_shift and not \
@@ -282,20 +281,15 @@ class SheepdogBackend(Backend[SheepdogConfig]):
         initiator = self.initiator_for(dead_host)
         if target is None or (initiator not in target.acl and all(s.initiator != initiator for s in target.sessions)):
             return FenceResult("tgt acl removal", (), round(time.monotonic() - started, 3), "nothing to cut off")
-        tgtd = Tgtd(self.config.control_socket, self.config.control_port)
-        tgtd.unbind(target, initiator)
-        closed = tgtd.close_sessions(target, initiator)
+        self.tgtd.unbind(target, initiator)
+        closed = self.tgtd.close_sessions(target, initiator)
         return FenceResult("tgt acl removal", (initiator,), round(time.monotonic() - started, 3),
                            f"{len(closed)} session(s) closed")
 
     def grant(self, name: str, *, host: str) -> None:
         """Admit ``host``'s initiator to the VDI's export. The ACL lives in tgtd only: a tgtd restart
         re-exports with ``allowed_initiators`` alone, and the next grant (``hvstore attach``) adds it again."""
-        target = self.export(name)
-        initiator = self.initiator_for(host)
-        if initiator not in target.acl:
-            with self._host_lock():
-                self._tgtadm(self.tool.bind_initiator(target.tid, initiator))
+        self.tgtd.bind(self.export(name), self.initiator_for(host))
 
     def qemu_format(self, name: str) -> str:
         return "raw"
@@ -328,24 +322,15 @@ class SheepdogBackend(Backend[SheepdogConfig]):
         allocated later by another writer.
         """
         self._working(name)
-        with self._host_lock():
-            for target in self._targets():
-                if target.iqn == self._iqn(name):
-                    return target
+        with self.tgtd.lock():  # re-entrant: add_target takes it too
+            target = self.tgtd.find(self._iqn(name))
+            if target is not None:
+                return target
+            backing_store = self.tgt_backing_store(name)  # ConfigError before anything is changed
             self.client.allocate_holes(name)
-            tid = tgtadm.free_tid(self._targets())
-            self._tgtadm(self.tool.new_target(tid, self._iqn(name)))
-            try:
-                self._tgtadm(self._new_sheepdog_lun(tid, name))
-                for key, value in TUNED_PARAMETERS.items():
-                    self._tgtadm(self.tool.set_parameter(tid, key, value))
-                for initiator in self.config.allowed_initiators:
-                    self._tgtadm(self.tool.bind_initiator(tid, initiator))
-            except BaseException:
-                with suppress(Exception):
-                    self._tgtadm(self.tool.delete_target(tid, force=True))
-                raise
-            return next(t for t in self._targets() if t.tid == tid)
+            tid = self.tgtd.add_target(self._iqn(name), backing_store, LUN, bstype="sheepdog",
+                                       initiators=self.config.allowed_initiators, chap=None)
+            return next(t for t in self.tgtd.targets() if t.tid == tid)
 
     def unexport(self, name: str, *, force: bool = False) -> None:
         """Remove the VDI's tgtd target; Busy while an initiator is logged in (unless ``force``)."""
@@ -421,58 +406,19 @@ class SheepdogBackend(Backend[SheepdogConfig]):
         store = re.sub(r"[^a-z0-9.-]", "-", self.store.lower())
         return f"{self.config.iqn_prefix}:{store}.{safe}{suffix}"
 
-    def _new_sheepdog_lun(self, tid: int, name: str) -> list[str]:
-        # hvstore.tools.tgtadm.Tgtadm.new_lun always passes --bstype rdwr; the sheepdog store needs its own
-        argv = ["tgtadm"] + (["-C", str(self.config.control_port)] if self.config.control_port else [])
-        return [*argv, "--lld", "iscsi", "--mode", "logicalunit", "--op", "new", "--tid", str(tid),
-                "--lun", str(LUN), "--bstype", "sheepdog", "--backing-store", self.tgt_backing_store(name)]
-
     def _exported(self, name: str) -> TargetInfo | None:
         """The VDI's tgtd target, None if there is none — or no tgtd answering (a tgtd that is not running
         exports nothing: it forgets every target when it stops)."""
         try:
-            return next((t for t in self._targets() if t.iqn == self._iqn(name)), None)
+            return self.tgtd.find(self._iqn(name))
         except BackendUnavailable:
             return None
 
     def _unexport(self, name: str, *, force: bool) -> None:
-        if self._exported(name) is None:
+        if self._exported(name) is None:  # checked first: no tgtd answering means nothing to remove
             return
-        with self._host_lock():
-            target = self._exported(name)
-            if target is None:
-                return
-            if target.sessions and not force:
-                raise Busy(f"volume {self.store}/{name} is in use through tgtd by "
-                           f"{', '.join(s.initiator for s in target.sessions)}; log them out or use --force")
-            self._tgtadm(self.tool.delete_target(target.tid, force=True))
-
-    @contextmanager
-    def _host_lock(self) -> Iterator[None]:
-        """tgtd's target ids are host-global: one tgtadm sequence at a time per tgtd (same lock file as the
-        iscsi backend, so both can share one tgtd)."""
-        socket_path = self.config.control_socket or "/var/run/tgtd/socket"
-        path = Path(f"{socket_path}.{self.config.control_port}.hvstore.lock")
-        if not path.parent.is_dir():  # no tgtd ever ran there: nothing to serialise with
-            yield
-            return
-        with open(path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
-
-    def _tgtadm(self, argv: list[str]) -> Completed:
-        try:
-            return run(argv, timeout_s=30, env=tgtadm.env(self.config.control_socket))
-        except ToolFailed as exc:
-            if exc.returncode != tgtadm.REFUSED_EXIT_CODE:
-                raise BackendUnavailable(
-                    f"sheepdog store {self.store!r}: tgtd does not answer on "
-                    f"{self.config.control_socket or 'its default socket'} ({tgtadm.error_line(exc.stderr_tail)}); "
-                    "start tgtd ('hvstore lab up tgt') to attach sheepdog volumes") from None
-            raise
-
-    def _targets(self) -> list[TargetInfo]:
-        return tgtadm.parse_targets(self._tgtadm(self.tool.show_targets()).stdout)
+        self.tgtd.remove_target(self._iqn(name), force=force, what=f"volume {self.store}/{name}",
+                                in_use="in use through tgtd")
 
 
 class SheepdogBlockIO(BlockIO):

@@ -1,9 +1,10 @@
 """Driving one running tgtd (tgt 1.0.85) through tgtadm: targets, LUNs, ACLs, CHAP accounts, sessions.
 
-The iSCSI backend (``hvstore.backends.iscsi``) decides *what* targets a store has; this module knows
-*how* tgtd is told (argv and parsers live in ``hvstore.tools.tgtadm``). Target ids are global to one
-tgtd, so every sequence that reads and then changes them runs under a host-wide flock next to tgtd's
-control socket (``lock()``), shared by every store and process on this host.
+The iSCSI backend (``hvstore.backends.iscsi``) and the Sheepdog backend's exports
+(``hvstore.backends.sheepdog``) decide *what* targets a store has; this module knows *how* tgtd is told
+(argv and parsers live in ``hvstore.tools.tgtadm``). Target ids are global to one tgtd, so every
+sequence that reads and then changes them runs under a host-wide flock next to tgtd's control socket
+(``lock()``), shared by every store and process on this host.
 
 tgtd quirks handled here: it reads a LUN's size only when the LUN is created (``reload_lun``); a target
 set ``offline`` drops commands for good, so quiescing empties the ACL instead (``quiesced``); it exits
@@ -25,14 +26,20 @@ from hvstore.tools.tgtadm import TUNED_PARAMETERS, TargetInfo, Tgtadm
 
 DEFAULT_SOCKET = "/var/run/tgtd/socket"
 TGTADM_TIMEOUT_S = 30.0
+DEFAULT_REMEDY = "run 'hvstore lab up tgt'"
 
 
 class Tgtd:
-    """One tgtd, addressed by its control socket path and port. Stores nothing but the address."""
+    """One tgtd, addressed by its control socket path and port. Stores nothing but the address and the
+    wording of "tgtd does not answer": ``owner`` names who drives it (e.g. ``sheepdog store 'sd'``; empty:
+    no prefix), ``remedy`` is the next step offered."""
 
-    def __init__(self, control_socket: str = "", control_port: int = 0) -> None:
+    def __init__(self, control_socket: str = "", control_port: int = 0, *, owner: str = "",
+                 remedy: str = DEFAULT_REMEDY) -> None:
         self.control_socket = control_socket
         self.tool = Tgtadm(control_port)
+        self.owner = owner
+        self.remedy = remedy
         self._lock_depth = 0
 
     # -- reading ------------------------------------------------------------------------------------
@@ -54,15 +61,16 @@ class Tgtd:
         return tgtadm.parse_parameters(self.run(self.tool.show_parameters(tid)).stdout)
 
     # -- changing -----------------------------------------------------------------------------------
-    def add_target(self, iqn: str, backing_file: Path, lun: int, *, initiators: Sequence[str],
-                   chap: Chap | None) -> int:
-        """Create target ``iqn`` with ``lun`` on ``backing_file``, the tuned parameters, the ACL and
-        the CHAP account; returns its tid. Nothing is left behind when a step fails."""
+    def add_target(self, iqn: str, backing_store: Path | str, lun: int, *, initiators: Sequence[str],
+                   chap: Chap | None, bstype: str = "rdwr") -> int:
+        """Create target ``iqn`` with ``lun`` on ``backing_store`` (tgt's backing store ``bstype``, see
+        ``Tgtadm.new_lun``), the tuned parameters, the ACL and the CHAP account; returns its tid. Nothing
+        is left behind when a step fails."""
         with self.lock():
             tid = tgtadm.free_tid(self.targets())
             self.run(self.tool.new_target(tid, iqn))
             try:
-                self.run(self.tool.new_lun(tid, lun, str(backing_file)))
+                self.run(self.tool.new_lun(tid, lun, str(backing_store), bstype=bstype))
                 for key, value in TUNED_PARAMETERS.items():
                     self.run(self.tool.set_parameter(tid, key, value))
                 for initiator in dict.fromkeys(initiators):
@@ -78,15 +86,15 @@ class Tgtd:
                 raise
             return tid
 
-    def remove_target(self, iqn: str, *, force: bool, what: str) -> None:
-        """Delete target ``iqn`` if tgtd has it; Busy while initiators are logged in, unless ``force``
-        (which drops their sessions)."""
+    def remove_target(self, iqn: str, *, force: bool, what: str, in_use: str = "in use") -> None:
+        """Delete target ``iqn`` if tgtd has it; Busy ("``what`` is ``in_use`` by INITIATORS") while
+        initiators are logged in, unless ``force`` (which drops their sessions)."""
         with self.lock():
             target = self.find(iqn)
             if target is None:
                 return
             if target.sessions and not force:
-                raise Busy(f"{what} is in use by {', '.join(s.initiator for s in target.sessions)}; "
+                raise Busy(f"{what} is {in_use} by {', '.join(s.initiator for s in target.sessions)}; "
                            "log them out or use --force")
             self.run(self.tool.delete_target(target.tid, force=True))
 
@@ -179,9 +187,10 @@ class Tgtd:
         except ToolFailed as exc:
             message = tgtadm.error_line(exc.stderr_tail)
             if exc.returncode != tgtadm.REFUSED_EXIT_CODE:  # not tgtd saying no: tgtd is not there
+                owner = f"{self.owner}: " if self.owner else ""
                 raise BackendUnavailable(
-                    f"tgtd does not answer on {self.control_socket or DEFAULT_SOCKET} ({message}); "
-                    "run 'hvstore lab up tgt'"
+                    f"{owner}tgtd does not answer on {self.control_socket or DEFAULT_SOCKET} ({message}); "
+                    f"{self.remedy}"
                 ) from None
             shown = tgtadm.redact(argv, secret) if secret else argv
             raise ToolFailed(shown, exc.returncode, exc.stderr_tail) from None

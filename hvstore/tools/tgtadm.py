@@ -62,10 +62,12 @@ class Tgtadm:
     def unbind_initiator(self, tid: int, initiator_iqn: str) -> list[str]:
         return [*self._base("target", "unbind"), "--tid", str(tid), "--initiator-name", initiator_iqn]
 
-    def new_lun(self, tid: int, lun: int, backing_file: str) -> list[str]:
-        # rdwr: pread/pwrite on the file through tgtd's worker threads (the file backend tgt ships).
+    def new_lun(self, tid: int, lun: int, backing_store: str, *, bstype: str = "rdwr") -> list[str]:
+        """LUN ``lun`` of target ``tid`` on ``backing_store``, read by tgt's backing store ``bstype``: rdwr
+        (the default) does pread/pwrite on a file through tgtd's worker threads; other stores take their
+        own ``backing_store`` syntax (sheepdog: ``tcp:HOST:PORT:VDI`` or ``unix:PATH:VDI``)."""
         return [*self._base("logicalunit", "new"), "--tid", str(tid), "--lun", str(lun),
-                "--backing-store", backing_file, "--bstype", "rdwr"]
+                "--backing-store", backing_store, "--bstype", bstype]
 
     def delete_lun(self, tid: int, lun: int) -> list[str]:
         return [*self._base("logicalunit", "delete"), "--tid", str(tid), "--lun", str(lun)]

@@ -114,8 +114,12 @@ def test_disk_xml_and_delete_of_an_exported_volume(backend):
     xml = backend.disk_xml("vm-3", target="vdb")
     assert "protocol='iscsi' name='iqn.2026-11.org.hvstore.sheepdog:sd.vm-3/1'" in xml
     assert "<target dev='vdb' bus='virtio'/>" in xml and "type='raw'" in xml
-    lun = backend.export("vm-3").luns[-1]
-    assert (lun.backing_type, lun.backing_path) == ("sheepdog", backend.tgt_backing_store("vm-3"))
+    target = backend.export("vm-3")
+    lun = target.luns[-1]
+    assert (lun.lun, lun.backing_type, lun.backing_path) == (1, "sheepdog", backend.tgt_backing_store("vm-3"))
+    assert target.acl == tuple(backend.config.allowed_initiators)
+    params = backend.tgtd.parameters(target.tid)
+    assert {k: params[k] for k in tgtadm.TUNED_PARAMETERS} == tgtadm.TUNED_PARAMETERS
     backend.delete("vm-3")  # nobody logged in: the export goes with the volume
     assert backend._exported("vm-3") is None
 

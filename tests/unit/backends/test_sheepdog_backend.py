@@ -274,6 +274,16 @@ def test_unreachable_cluster_is_one_clear_line():
     assert "\n" not in message and f"sheepdog at 127.0.0.1:{port} unreachable" in message
 
 
+def test_export_without_tgtd_is_one_clear_line(backend, name, no_tgtd):
+    backend.create(name, 4 * MiB)
+    with pytest.raises(BackendUnavailable) as caught:
+        backend.uri(name)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"sheepdog store 'sd': tgtd does not answer on {no_tgtd}")
+    assert message.endswith("start tgtd ('hvstore lab up tgt') to attach sheepdog volumes")
+    backend.delete(name)  # nothing exported, and no tgtd to ask: delete does not need one
+
+
 def test_bad_config_is_a_config_error():
     for table, match in [({"address": "host:port"}, "invalid sheepdog address"),
                          ({"block_size_shift": 12}, "block_size_shift"),

@@ -88,6 +88,8 @@ def test_argv_builders() -> None:
     assert tool.delete_target(2, force=True)[-3:] == ["--force", "--tid", "2"]
     assert Tgtadm(control_port=7).show_targets()[:3] == ["tgtadm", "-C", "7"]
     assert tool.new_lun(2, 1, "/d/v.img")[-6:] == ["--lun", "1", "--backing-store", "/d/v.img", "--bstype", "rdwr"]
+    assert tool.new_lun(2, 1, "tcp:127.0.0.1:7000:vm-1", bstype="sheepdog")[-4:] == [
+        "--backing-store", "tcp:127.0.0.1:7000:vm-1", "--bstype", "sheepdog"]
     assert tool.close_connection(2, 5, 0)[-6:] == ["--tid", "2", "--sid", "5", "--cid", "0"]
 
 
