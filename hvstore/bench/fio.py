@@ -34,6 +34,8 @@ class FioTarget:
 
 @dataclass(frozen=True)
 class FioResult:
+    """What one fio run of one profile measured; a runner ``Figure`` holds one (its JSON keys are these)."""
+
     requests: int
     seconds: float
     iops: float

@@ -64,22 +64,25 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Figure:
+    """One store and profile: what fio measured in the median round, every round's IOPS, and the ratios."""
+
     store: str
     profile: str
     engine: str
-    requests: int
-    seconds: float
-    iops: float
-    mib_per_s: float
-    mean_latency_ms: float
-    p50_latency_ms: float | None
-    p99_latency_ms: float | None
+    measured: FioResult  # the median round; its fields are the figure's measured keys in the JSON
     rounds_iops: tuple[float, ...] = ()  # every round's IOPS; the figure is the median round
     iops_vs_baseline: float | None = None
     p99_vs_baseline: float | None = None  # > 1: slower than the baseline at the 99th percentile
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "rounds_iops": list(self.rounds_iops)}
+        """Flat, as the report and the CLI read it: labels, then the measured fields, then rounds and ratios."""
+        doc: dict[str, Any] = {}
+        for name, value in asdict(self).items():
+            if name == "measured":
+                doc.update(value)
+            else:
+                doc[name] = list(value) if isinstance(value, tuple) else value
+        return doc
 
 
 @dataclass
@@ -143,9 +146,7 @@ def median_figure(store: str, profile: str, engine: str, samples: list[FioResult
     """The round with the median IOPS (the lower middle one of an even count), with every round's IOPS."""
     ordered = sorted(samples, key=lambda s: s.iops)
     chosen = ordered[(len(ordered) - 1) // 2]
-    return Figure(store, profile, engine, chosen.requests, chosen.seconds, chosen.iops, chosen.mib_per_s,
-                  chosen.mean_latency_ms, chosen.p50_latency_ms, chosen.p99_latency_ms,
-                  tuple(s.iops for s in samples))
+    return Figure(store, profile, engine, chosen, tuple(s.iops for s in samples))
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
@@ -156,8 +157,9 @@ def with_ratios(figures: list[Figure], baseline: dict[str, Figure]) -> list[Figu
     out = []
     for figure in figures:
         base = baseline.get(figure.profile)
-        out.append(replace(figure, iops_vs_baseline=_ratio(figure.iops, base.iops if base else None),
-                           p99_vs_baseline=_ratio(figure.p99_latency_ms, base.p99_latency_ms if base else None)))
+        ours, theirs = figure.measured, base.measured if base else None
+        out.append(replace(figure, iops_vs_baseline=_ratio(ours.iops, theirs.iops if theirs else None),
+                           p99_vs_baseline=_ratio(ours.p99_latency_ms, theirs.p99_latency_ms if theirs else None)))
     return out
 
 

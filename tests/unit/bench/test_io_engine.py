@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
-from hvstore.bench.fio import fill_argv, nbd_target, parse_fio_json, profile_argv, rbd_target
+from hvstore.bench.fio import FioResult, fill_argv, nbd_target, parse_fio_json, profile_argv, rbd_target
 from hvstore.bench.profiles import PROFILES, QUICK_PROFILES, select_profiles
 from hvstore.bench.qemu_export import QemuNbdExport, nbd_uri, qemu_nbd_argv
 from hvstore.bench.runner import ENGINE, Figure, median_figure, with_ratios
@@ -119,13 +119,23 @@ def test_median_round_and_ratios_against_the_baseline() -> None:
     base = median_figure("baseline", "p", ENGINE, runs)
     slow = [replace(runs[0], iops=runs[0].iops / k, p99_latency_ms=runs[0].p99_latency_ms * k) for k in (4, 2, 8)]
     store = median_figure("ceph", "p", ENGINE, slow)
-    assert store.iops == runs[0].iops / 4 and store.p99_latency_ms == runs[0].p99_latency_ms * 4
+    assert store.measured == slow[0]  # iops / 4: the median of / 4, / 2, / 8
     assert store.rounds_iops == tuple(s.iops for s in slow)
     rated = with_ratios([base, store], {"p": base})
     assert rated[0].iops_vs_baseline == 1.0 and rated[0].p99_vs_baseline == 1.0
     assert rated[1].iops_vs_baseline == 0.25 and rated[1].p99_vs_baseline == 4.0
-    orphan = Figure("x", "other", ENGINE, 1, 1.0, 1.0, 0.0, 1.0, None, None)
+    orphan = Figure("x", "other", ENGINE, FioResult(1, 1.0, 1.0, 0.0, 1.0, None, None))
     assert with_ratios([orphan], {"p": base})[0].iops_vs_baseline is None
+
+
+def test_a_figures_json_has_the_measured_fields_flat_between_the_labels_and_the_ratios() -> None:
+    sample = parse_fio_json(NBD_WRITE.read_text(), write=True)
+    figure = with_ratios([median_figure("baseline", "p", ENGINE, [sample])], {})[0]
+    doc = figure.to_json()
+    assert list(doc) == ["store", "profile", "engine", *asdict(sample), "rounds_iops", "iops_vs_baseline",
+                         "p99_vs_baseline"]
+    assert {key: doc[key] for key in asdict(sample)} == asdict(sample)
+    assert doc["rounds_iops"] == [sample.iops] and json.loads(json.dumps(doc)) == doc
 
 
 def test_an_export_qemu_nbd_cannot_open_fails_with_its_message_and_leaves_nothing(tmp_path: Path) -> None:
