@@ -57,6 +57,8 @@ from lockd.errors import ConfigError, InvalidRequest, LockdError, ProtocolError
 from lockd.fence import BackendFencer, Fencer, NoFencer
 from lockd.lease import LeaseTiming, Mode
 from lockd.manager import LeaseManager, ManagerConfig
+from lockd.memory import trim_heap
+from lockd.stores import open_store
 from lockd.stores.base import LeaseStore
 from lockd.watchdog import ensure_running as ensure_watchdog
 
@@ -100,33 +102,8 @@ class DaemonConfig:
         raise ConfigError(f"fencer must be 'none' or 'hvstore', not {self.fencer!r}")
 
     def open_store(self) -> LeaseStore:
-        """A new, unconnected store from the ``[store]`` table."""
-        # Each store is imported only when configured: the gluster and iscsi stores pull in hvstore's ctypes
-        # bindings (libgfapi, libiscsi), about 2 MiB of RSS a RADOS or file daemon would carry for nothing.
-        # "{host}" stands for this host's id, so one table serves every host (e.g. an iSCSI initiator IQN).
-        table = {key: value.replace("{host}", self.host_id) if isinstance(value, str) else value
-                 for key, value in self.store.items()}
-        kind = table.pop("type", None)
-        try:
-            if kind == "file":
-                from lockd.stores.file import FileLeaseStore
-
-                return FileLeaseStore(table.pop("path"))
-            if kind == "rados":
-                from lockd.stores.rados import RadosLeaseStore, RadosStoreConfig
-
-                return RadosLeaseStore(RadosStoreConfig(**table))
-            if kind == "gluster":
-                from lockd.stores.gluster import GlusterLeaseStore, GlusterStoreConfig
-
-                return GlusterLeaseStore(GlusterStoreConfig(**table))
-            if kind == "iscsi":
-                from lockd.stores.iscsi import IscsiLeaseStore, IscsiStoreConfig
-
-                return IscsiLeaseStore(IscsiStoreConfig(**table))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"[store] of type {kind!r}: {exc}") from None
-        raise ConfigError(f"[store] type must be 'file', 'rados', 'gluster' or 'iscsi', not {kind!r}")
+        """A new, unconnected store from the ``[store]`` table (see ``lockd.stores.STORE_TYPES``)."""
+        return open_store(self.store, host_id=self.host_id)
 
 
 def load_config(path: str | Path, **overrides: Any) -> DaemonConfig:
@@ -331,29 +308,6 @@ async def serve(config: DaemonConfig) -> None:
 
 
 TRIM_HEAP_EVERY_S = 30.0
-
-
-def trim_heap() -> None:
-    """Give the C heap's free pages back to the kernel (glibc ``malloc_trim``; a no-op elsewhere).
-
-    The daemon's memory is mostly long-lived objects plus the free space that imports, the store client's
-    start-up and bursts of requests leave behind in glibc's arenas (0.8 MiB measured after start-up on RADOS,
-    1.8 MiB on the file store); glibc returns only the top of the main heap by itself. Takes well under a
-    millisecond here (0.2 ms the first time, 0.01 ms after)."""
-    global _libc
-    if _libc is None:
-        import ctypes
-
-        try:
-            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            _libc.malloc_trim  # noqa: B018 - glibc only: fail here, once, not at every call
-        except (OSError, AttributeError):
-            _libc = False
-    if _libc:
-        _libc.malloc_trim(0)
-
-
-_libc: Any = None
 
 
 async def _trim_heap_loop() -> None:
