@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lockd.errors import DaemonUnavailable, LockdError, ProtocolError, from_wire
+from lockd.errors import DaemonUnavailable, LockdError, ProtocolError, first_lockd_error, from_wire
 
 app = typer.Typer(help="lockd: leases in the distributed store, for libvirt/QEMU hosts.",
                   pretty_exceptions_show_locals=False, no_args_is_help=True, add_completion=False)
@@ -235,12 +235,9 @@ def main() -> None:
         typer.echo(f"lockd: {error}", err=True)
         sys.exit(error.exit_code)
     except ExceptionGroup as group:  # from a TaskGroup (serve, bench): report the first lockd error
-        matched, _ = group.split(LockdError)
-        if matched is None:
+        first = first_lockd_error(group)
+        if first is None:
             raise
-        first: BaseException = matched
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
         typer.echo(f"lockd: {first}", err=True)
         sys.exit(getattr(first, "exit_code", 1))
 

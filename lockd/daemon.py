@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lockd.errors import ConfigError, InvalidRequest, LockdError, ProtocolError
+from lockd.errors import ConfigError, InvalidRequest, LockdError, ProtocolError, first_lockd_error
 from lockd.fence import BackendFencer, Fencer, NoFencer
 from lockd.lease import LeaseTiming, Mode
 from lockd.manager import LeaseManager, ManagerConfig
@@ -336,12 +336,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lockd: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except ExceptionGroup as group:
-        matched, _ = group.split(LockdError)
-        if matched is None:
+        first = first_lockd_error(group)
+        if first is None:
             raise
-        first: BaseException = matched
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
         print(f"lockd: {first}", file=sys.stderr)
         sys.exit(getattr(first, "exit_code", 1))
 

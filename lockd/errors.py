@@ -105,3 +105,13 @@ def from_wire(payload: dict[str, Any]) -> LockdError:
     if cls is LockdError and payload.get("exit_code") == 2:
         error = UserError(message)
     return error
+
+
+def first_lockd_error(group: BaseExceptionGroup) -> BaseException | None:
+    """The first lockd error inside an exception group (a TaskGroup raises those), however deeply nested;
+    None when the group holds none, so the caller re-raises what it does not know."""
+    matched, _ = group.split(LockdError)
+    first: BaseException | None = matched
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first

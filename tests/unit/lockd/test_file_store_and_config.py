@@ -21,6 +21,7 @@ from lockd.errors import (
     ProtocolError,
     StoreUnavailable,
     VersionConflict,
+    first_lockd_error,
     from_wire,
 )
 from lockd.lease import Resource
@@ -159,6 +160,13 @@ def test_errors_round_trip_through_the_admin_wire() -> None:
     assert isinstance(from_wire(StoreUnavailable("down").to_wire()), StoreUnavailable)
     unknown = from_wire({"type": "Whatever", "message": "m", "exit_code": 2})
     assert isinstance(unknown, LockdError) and unknown.exit_code == 2
+
+
+def test_first_lockd_error_digs_through_nested_task_group_errors() -> None:
+    held = LeaseHeld("lease ls/k is busy", reason="held", retry_after_s=1.0)
+    nested = ExceptionGroup("outer", [ValueError("other"), ExceptionGroup("inner", [held])])
+    assert first_lockd_error(nested) is held
+    assert first_lockd_error(ExceptionGroup("none", [ValueError("x")])) is None
 
 
 def test_prometheus_text_has_counters_and_gauges() -> None:
