@@ -15,6 +15,9 @@ once every OSD has the osdmap epoch that contains the entry (measured here: writ
 still succeeded in 2 of 10 trials until the OSDs caught up). This does not stop the dead host's QEMUs, which
 have their own clients: that is the volume backend's ``fence`` verb (``lockd.manager.Fencer``).
 
+One client at a time serves the store; it is shut down only once no call uses it (``_Client``): shutting a
+client down under a running call crashed the process (SIGSEGV) or hung that call forever (measured here).
+
 Needs: python3-rados (Debian; visible from the venv built with --system-site-packages) and a cephx user allowed
 to read/write the pool and to blocklist (``client.admin`` in the lab).
 """
@@ -28,6 +31,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
@@ -60,10 +64,9 @@ class RadosLeaseStore(LeaseStore):
 
     def __init__(self, config: RadosStoreConfig) -> None:
         self.config = config
-        self._cluster: Any = None
-        self._ioctx: Any = None
-        # get_last_version() reports the ioctx's latest op: the op and the query must not interleave.
-        self._lock = threading.Lock()
+        self._client: _Client | None = None
+        # Serializes replacing the client (connect, close, reconnect): two threads must not both reconnect.
+        self._client_lock = threading.RLock()
         self._shut_down = False
         self._reconnect = False  # set when a stuck client was abandoned
         self._address = ""  # this client's address (Rados.get_addrs()), set by connect()
@@ -74,8 +77,11 @@ class RadosLeaseStore(LeaseStore):
         return f"rados:{self.config.pool}/{self.config.namespace} as client.{self.config.user}"
 
     def connect(self) -> None:
-        if self._ioctx is not None:
-            return
+        with self._client_lock:
+            if self._client is None:
+                self._connect()
+
+    def _connect(self) -> None:
         rados = _import_rados()
 
         timeout = str(int(max(1, self.config.op_timeout_s)))
@@ -92,19 +98,22 @@ class RadosLeaseStore(LeaseStore):
                                    f"client.{self.config.user} ({self.config.conf}): {exc}") from None
         ioctx.set_namespace(self.config.namespace)
         self._address = str(cluster.get_addrs())
-        self._cluster, self._ioctx = cluster, ioctx
+        self._client = _Client(cluster, ioctx)
 
     def close(self) -> None:
-        if self._ioctx is not None:
-            self._ioctx.close()
-        if self._cluster is not None:
-            self._cluster.shutdown()
-        self._cluster = self._ioctx = None
+        """Shut the client down once no call uses it: at once when idle, else when the running call returns
+        (a manager's stop() closes the store while a renewal may still run, or one a timeout gave up on).
+        Later calls raise StoreUnavailable until connect()."""
+        with self._client_lock:
+            client, self._client = self._client, None
+            self._reconnect = self._shut_down = False
+        if client is not None:
+            client.retire()
 
     def lockspaces(self) -> list[str]:
         names: set[str] = set()
-        with self._ops("list lockspaces"):
-            for obj in self._io.list_objects():
+        with self._ops("list lockspaces") as io:
+            for obj in io.list_objects():
                 if obj.key.startswith(HEARTBEAT_PREFIX):
                     names.add(obj.key.removeprefix(HEARTBEAT_PREFIX))
                 elif obj.key.startswith(RESOURCE_PREFIX):
@@ -123,50 +132,50 @@ class RadosLeaseStore(LeaseStore):
             values, version = self._read_omap(oid)
             if heartbeat.host in values:
                 raise VersionConflict(f"heartbeat of {heartbeat.host} in {lockspace} exists already")
-        with self._ops(f"write heartbeat {lockspace}/{heartbeat.host}"), rados.WriteOpCtx() as op:
+        with self._ops(f"write heartbeat {lockspace}/{heartbeat.host}") as io, rados.WriteOpCtx() as op:
             if expected is not None:
                 op.omap_cmp(heartbeat.host, expected.encode(), rados.LIBRADOS_CMPXATTR_OP_EQ)
             elif version is None:
                 op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
             else:
                 op.assert_version(version)
-            self._io.set_omap(op, (heartbeat.host,), (heartbeat.encode(),))
-            self._io.operate_write_op(op, oid)
+            io.set_omap(op, (heartbeat.host,), (heartbeat.encode(),))
+            io.operate_write_op(op, oid)
 
     def read_resource(self, lockspace: str, key: str) -> Versioned[Resource] | None:
         import rados
 
         oid = _resource_oid(lockspace, key)
-        with self._ops(f"read lease {lockspace}/{key}"):
+        with self._ops(f"read lease {lockspace}/{key}") as io:
             try:
-                data = self._io.read(oid, 65536)
+                data = io.read(oid, 65536)
             except rados.ObjectNotFound:
                 return None
-            version = self._io.get_last_version()
+            version = io.get_last_version()
         return Versioned(Resource.decode(data), int(version))
 
     def write_resource(self, lockspace: str, record: Resource, *, expected_version: int | None) -> int:
         import rados
 
         oid = _resource_oid(lockspace, record.key)
-        with self._ops(f"write lease {lockspace}/{record.key}"), rados.WriteOpCtx() as op:
+        with self._ops(f"write lease {lockspace}/{record.key}") as io, rados.WriteOpCtx() as op:
             if expected_version is None:
                 op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
             else:
                 op.assert_version(expected_version)
             op.write_full(record.encode().encode())
             try:
-                self._io.operate_write_op(op, oid)
+                io.operate_write_op(op, oid)
             except rados.ObjectNotFound:
                 # assert_version on an object that is gone (a recreated pool): the guard did not hold.
                 raise VersionConflict(f"lease {lockspace}/{record.key} does not exist (expected version "
                                       f"{expected_version})") from None
-            return int(self._io.get_last_version())
+            return int(io.get_last_version())
 
     def list_resources(self, lockspace: str) -> list[Versioned[Resource]]:
         prefix = f"{RESOURCE_PREFIX}{validate_lockspace(lockspace)}/"
-        with self._ops(f"list leases of {lockspace}"):
-            oids = [obj.key for obj in self._io.list_objects() if obj.key.startswith(prefix)]
+        with self._ops(f"list leases of {lockspace}") as io:
+            oids = [obj.key for obj in io.list_objects() if obj.key.startswith(prefix)]
         records = [self.read_resource(lockspace, oid.removeprefix(prefix)) for oid in oids]
         return sorted((r for r in records if r is not None), key=lambda v: v.value.key)
 
@@ -189,15 +198,16 @@ class RadosLeaseStore(LeaseStore):
             raise FenceFailed(f"refusing to blocklist our own RADOS client {heartbeat.client}")
         address = _blocklist_address(heartbeat.client)
         started = time.monotonic()
-        self._mon({"prefix": "osd blocklist", "blocklistop": "add", "addr": address})
-        epoch = int(self._mon({"prefix": "osd dump", "format": "json"})["epoch"])
-        self._wait_for_osds(epoch)
-        self._cluster.wait_for_latest_osdmap()
-        with self._ops(f"sync PG of {lockspace}'s heartbeats"):
+        with self._cluster_calls() as cluster:  # not under the ioctx lock: renewals go on meanwhile
+            self._mon(cluster, {"prefix": "osd blocklist", "blocklistop": "add", "addr": address})
+            epoch = int(self._mon(cluster, {"prefix": "osd dump", "format": "json"})["epoch"])
+            self._wait_for_osds(cluster, epoch)
+            cluster.wait_for_latest_osdmap()
+        with self._ops(f"sync PG of {lockspace}'s heartbeats") as io:
             import rados
 
             try:
-                self._io.stat(_heartbeat_oid(lockspace))
+                io.stat(_heartbeat_oid(lockspace))
             except rados.ObjectNotFound:
                 pass
         return (f"blocklisted lockd client {address} (osdmap epoch {epoch} enforced after "
@@ -205,31 +215,42 @@ class RadosLeaseStore(LeaseStore):
 
     # -- private helpers
 
-    @property
-    def _io(self) -> Any:
-        if self._shut_down:
-            # We were blocklisted (ESHUTDOWN, reported once as LeaseLost, on which the manager self-fences):
-            # a new client (new address nonce) is how this host re-joins, under a new incarnation.
-            self._shut_down = False
-            self.close()
-            self.connect()
-        if self._ioctx is None and self._reconnect:
-            self.connect()
-        if self._ioctx is None:
-            raise StoreUnavailable("RADOS lease store used before connect()")
-        return self._ioctx
+    def _use_client(self) -> _Client:
+        """The current client, one use of it taken (give it back with ``leave()``); reconnects first when
+        the last one was blocklisted or abandoned."""
+        with self._client_lock:
+            if self._shut_down:
+                # We were blocklisted (ESHUTDOWN, reported once as LeaseLost, on which the manager
+                # self-fences): a new client (new address nonce) is how this host re-joins, under a new
+                # incarnation.
+                self._shut_down = False
+                self.close()
+                self._reconnect = True
+            if self._client is None and self._reconnect:
+                self._connect()
+            if self._client is None or not self._client.enter():
+                raise StoreUnavailable("RADOS lease store used before connect() or after close()")
+            return self._client
 
-    def _abandon_client(self) -> None:
-        """Leave the current client to the call stuck in it (never shut down under it) and reconnect at the
-        next call: a new lock, a new client with a new address nonce. The old client is shut down once
-        that call returns (at once if none is running)."""
-        if self._cluster is not None:
-            threading.Thread(target=_retire_client, args=(self._lock, self._cluster, self._ioctx),
-                             name="lockd-rados-retire", daemon=True).start()
-        self._lock = threading.Lock()
-        self._cluster = self._ioctx = None
-        self._shut_down = False
-        self._reconnect = True
+    @contextlib.contextmanager
+    def _cluster_calls(self) -> Iterator[Any]:
+        """The cluster handle for calls outside the ioctx (mon/osd commands); not shut down meanwhile."""
+        client = self._use_client()
+        try:
+            yield client.cluster
+        finally:
+            client.leave()
+
+    def _abandon_client(self, client: _Client) -> None:
+        """Leave ``client`` to the call stuck in it (never shut down under it) and reconnect at the next
+        call: a new client with a new address nonce and a lock of its own. ``client`` is shut down once
+        that call returns."""
+        with self._client_lock:
+            if self._client is client:
+                self._client = None
+                self._shut_down = False
+                self._reconnect = True
+        client.retire()
 
     def _ops(self, what: str) -> _RadosOps:
         return _RadosOps(self, what)
@@ -238,32 +259,31 @@ class RadosLeaseStore(LeaseStore):
         """The object's omap and version; ({}, None) when the object does not exist."""
         import rados
 
-        with self._ops(f"read {oid}"):
+        with self._ops(f"read {oid}") as io:
             with rados.ReadOpCtx() as op:
-                values, _ = self._io.get_omap_vals(op, "", "", MAX_HOSTS)
+                values, _ = io.get_omap_vals(op, "", "", MAX_HOSTS)
                 try:
-                    self._io.operate_read_op(op, oid)
+                    io.operate_read_op(op, oid)
                 except rados.ObjectNotFound:
                     return {}, None
                 result = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in values}
-            return result, int(self._io.get_last_version())
+            return result, int(io.get_last_version())
 
-    def _mon(self, command: dict[str, Any]) -> dict[str, Any]:
-        ret, out, status = self._cluster.mon_command(json.dumps(command), b"",
-                                                     timeout=int(self.config.op_timeout_s))
+    def _mon(self, cluster: Any, command: dict[str, Any]) -> dict[str, Any]:
+        ret, out, status = cluster.mon_command(json.dumps(command), b"", timeout=int(self.config.op_timeout_s))
         if ret != 0:
             raise FenceFailed(f"ceph {command['prefix']} failed: {status or errno.errorcode.get(-ret, ret)}")
         return json.loads(out) if out else {}
 
-    def _wait_for_osds(self, epoch: int) -> float:
+    def _wait_for_osds(self, cluster: Any, epoch: int) -> float:
         started = time.monotonic()
-        osds = self._mon({"prefix": "osd ls", "format": "json"})
+        osds = self._mon(cluster, {"prefix": "osd ls", "format": "json"})
         pending = set(osds if isinstance(osds, list) else [])
         deadline = started + max(10.0, 3 * self.config.op_timeout_s)
         while pending:
             for osd in sorted(pending):
-                ret, out, _ = self._cluster.osd_command(osd, json.dumps({"prefix": "status"}), b"",
-                                                        timeout=int(self.config.op_timeout_s))
+                ret, out, _ = cluster.osd_command(osd, json.dumps({"prefix": "status"}), b"",
+                                                  timeout=int(self.config.op_timeout_s))
                 if ret == 0 and int(json.loads(out).get("newest_map", 0)) >= epoch:
                     pending.discard(osd)
             if pending:
@@ -273,34 +293,77 @@ class RadosLeaseStore(LeaseStore):
         return time.monotonic() - started
 
 
-def _retire_client(lock: threading.Lock, cluster: Any, ioctx: Any) -> None:
-    """Shut an abandoned client down when the call stuck in it returns: without this every reconnect leaked
-    a client's threads and buffers (a daemon reached 216 threads and 88 MiB across Ceph restarts)."""
-    with lock:
+class _Client:
+    """One connected librados client (cluster handle + ioctx) and the calls using it.
+
+    Lifecycle: in use (``enter``/``leave`` around every call) -> retired (``retire``: no new call may
+    enter) -> shut down by whoever leaves last (at once when idle). Shutting a client down under a running
+    call is what this prevents: ``ioctx.close()`` + ``shutdown()`` while another thread was inside an op
+    crashed the process with SIGSEGV (3 of 4 runs of 15 tries here) or left that op hanging forever. A
+    retired client must still be shut down eventually: without that every reconnect leaked a client's
+    threads and buffers (a daemon reached 216 threads and 88 MiB across Ceph restarts)."""
+
+    def __init__(self, cluster: Any, ioctx: Any) -> None:
+        self.cluster, self.ioctx = cluster, ioctx
+        # get_last_version() reports the ioctx's latest op: the op and the query must not interleave.
+        self.op_lock = threading.Lock()
+        self._state = threading.Lock()
+        self._users = 0
+        self._retired = False
+
+    def enter(self) -> bool:
+        """Take one use; False once retired."""
+        with self._state:
+            if self._retired:
+                return False
+            self._users += 1
+            return True
+
+    def leave(self) -> None:
+        with self._state:
+            self._users -= 1
+            last = self._retired and self._users == 0
+        if last:
+            self._shut_down()
+
+    def retire(self) -> None:
+        with self._state:
+            if self._retired:
+                return
+            self._retired = True
+            idle = self._users == 0
+        if idle:
+            self._shut_down()
+
+    def _shut_down(self) -> None:
         with contextlib.suppress(Exception):
-            ioctx.close()
+            self.ioctx.close()
         with contextlib.suppress(Exception):
-            cluster.shutdown()
+            self.cluster.shutdown()
 
 
 class _RadosOps:
-    """Serializes ioctx use and maps rados errors: a failed guard -> VersionConflict, else StoreUnavailable."""
+    """One use of the client with its ioctx to itself (yields the ioctx); maps rados errors: a failed guard
+    -> VersionConflict, else StoreUnavailable."""
 
     def __init__(self, store: RadosLeaseStore, what: str) -> None:
         self.store, self.what = store, what
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> Any:
         store = self.store
-        self.lock = store._lock
+        self.client = store._use_client()
         # rados_osd_op_timeout does not bound every wait: a read op was seen blocked for minutes after the
         # cluster restarted, holding this lock, so every later call timed out too. An op still running after
         # twice the op timeout is abandoned with its client; later calls get a fresh client.
-        if not self.lock.acquire(timeout=2 * store.config.op_timeout_s):
-            store._abandon_client()
+        if not self.client.op_lock.acquire(timeout=2 * store.config.op_timeout_s):
+            self.client.leave()
+            store._abandon_client(self.client)
             raise StoreUnavailable(f"{self.what}: an earlier RADOS call is stuck; reconnecting with a new client")
+        return self.client.ioctx
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        self.lock.release()
+        self.client.op_lock.release()
+        self.client.leave()
         if exc is None:
             self.store._timeouts_in_a_row = 0
             return
@@ -312,7 +375,7 @@ class _RadosOps:
             self.store._timeouts_in_a_row += 1
             if self.store._timeouts_in_a_row >= RECONNECT_AFTER_TIMEOUTS:
                 self.store._timeouts_in_a_row = 0
-                self.store._abandon_client()
+                self.store._abandon_client(self.client)
 
         if isinstance(exc, rados.Error):
             code = abs(getattr(exc, "errno", 0) or 0)
