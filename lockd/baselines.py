@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from hvstore.lab import procs
+from lockd.owners import spawn_stand_in, stand_in
 from lockd.rpc.virnet import FrameDecoder, Message, MessageStatus, WireError
 from lockd.rpc.virtlockd import (
     CallArgs,
@@ -157,28 +158,29 @@ def private_virtlockd() -> Iterator[tuple[str, int, Path]]:
                 time.sleep(0.02)
             yield str(sock), daemon.pid, scratch  # nsexec exec()s virtlockd: same pid
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop_daemon(daemon)
             log.close()
+
+
+def stop_daemon(daemon: subprocess.Popen[Any], *, grace_s: float = 10.0) -> None:
+    """Stop a measured daemon as its service manager would: SIGTERM, then SIGKILL if it is still running
+    after ``grace_s``; reaped either way (a no-op if it has exited already)."""
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
 
 
 def virtlockd_figures(rounds: int, progress: Callable[[str], None]) -> dict[str, Any]:
     progress(f"virtlockd: REGISTER+ACQUIRE/RELEASE x{rounds}")
-    owner = subprocess.Popen(["sleep", "3600"])
-    try:
-        with private_virtlockd() as (sock, pid, scratch):
-            lockspace = str(scratch / "leases" / "bench")
-            (scratch / "leases").mkdir()
-            wire_setup(sock, lockspace, owner.pid)
-            figures = wire_latency(sock, lockspace, owner.pid, rounds)
-            figures["daemon_rss_mib"] = rss_mib(pid)
-    finally:
-        owner.kill()
-        owner.wait()
+    with stand_in() as owner, private_virtlockd() as (sock, pid, scratch):
+        lockspace = str(scratch / "leases" / "bench")
+        (scratch / "leases").mkdir()
+        wire_setup(sock, lockspace, owner.pid)
+        figures = wire_latency(sock, lockspace, owner.pid, rounds)
+        figures["daemon_rss_mib"] = rss_mib(pid)
     return figures
 
 
@@ -266,8 +268,8 @@ def _sanlock_takeover(sanlock: Any, service: Any, name: bytes, ls_path: Path,
                 if daemon.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the second sanlock daemon did not start")
                 time.sleep(0.05)
-            holder = subprocess.Popen([sys.executable, "-c", _HOLDER, name.decode(), str(ls_path), disks[0][0],
-                                       str(SANLOCK_IO_TIMEOUT_S)], env=env, stdout=subprocess.PIPE, text=True)
+            holder = spawn_stand_in([sys.executable, "-c", _HOLDER, name.decode(), str(ls_path), disks[0][0],
+                                     str(SANLOCK_IO_TIMEOUT_S)], env=env, stdout=subprocess.PIPE, text=True)
             assert holder.stdout is not None
             if holder.stdout.readline().strip() != "held":
                 raise RuntimeError("host 2 did not get the sanlock lease")

@@ -28,7 +28,6 @@ import json
 import os
 import resource
 import secrets
-import signal
 import socket
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ from lockd.daemon import DaemonConfig
 from lockd.errors import LeaseHeld
 from lockd.lease import Heartbeat, Resource, Versioned
 from lockd.manager import LeaseManager
+from lockd.owners import end_stand_in, spawn_stand_in, stand_in
 from lockd.stores.base import LeaseStore
 
 
@@ -125,7 +125,7 @@ async def bench(config: DaemonConfig, *, rounds: int = 200, lease_counts: tuple[
                 daemon_leases: tuple[int, ...] = (),
                 progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     lockspace = f"bench-{secrets.token_hex(4)}"
-    owner = subprocess.Popen(["sleep", "3600"])
+    owner = spawn_stand_in()
     results: dict[str, Any] = {"store": None, "lockspace": lockspace,
                                "timing": {"ttl_s": config.ttl_s, "renew_interval_s": config.renew_interval_s,
                                           "margin_s": config.margin_s}}
@@ -154,8 +154,7 @@ async def bench(config: DaemonConfig, *, rounds: int = 200, lease_counts: tuple[
                 progress(f"takeover (TTL {config.ttl_s} s)")
                 results["takeover_s"] = await _takeover(config, root, lockspace, owner.pid, poll_s)
     finally:
-        owner.kill()
-        owner.wait()
+        end_stand_in(owner)
     if daemon_leases:
         results["daemon"] = await asyncio.to_thread(daemon_figures, config, rounds=rounds,
                                                     lease_counts=daemon_leases, progress=progress)
@@ -208,15 +207,13 @@ async def _wire_latency(manager: LeaseManager, root: Path, lockspace: str, round
     lease_root = str(root / "leases")
     sock = str(root / "lockd-vl.sock")
     server = RpcServer.bind(sock, VirtlockdService(manager, lease_root=lease_root))
-    owner = subprocess.Popen(["sleep", "3600"])  # its own: a closed connection may get its owner killed
-    await server.start()
-    try:
-        await asyncio.to_thread(wire_setup, sock, f"{lease_root}/{lockspace}", owner.pid)
-        return await asyncio.to_thread(wire_latency, sock, f"{lease_root}/{lockspace}", owner.pid, rounds)
-    finally:
-        await server.stop()
-        owner.kill()
-        owner.wait()
+    with stand_in() as owner:  # its own: a closed connection may get its owner killed
+        await server.start()
+        try:
+            await asyncio.to_thread(wire_setup, sock, f"{lease_root}/{lockspace}", owner.pid)
+            return await asyncio.to_thread(wire_latency, sock, f"{lease_root}/{lockspace}", owner.pid, rounds)
+        finally:
+            await server.stop()
 
 
 async def _latency(manager: LeaseManager, lockspace: str, pid: int, rounds: int, results: dict[str, Any],
@@ -347,6 +344,8 @@ def daemon_config_text(config: DaemonConfig, *, host_id: str, root: Path, locksp
 def daemon_figures(config: DaemonConfig, *, rounds: int, lease_counts: tuple[int, ...],
                    progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Start ``python -m lockd.daemon`` on the store, measure it over its admin socket (blocking)."""
+    from lockd.baselines import stop_daemon
+
     lockspace = f"bench-{secrets.token_hex(4)}"
     tmpfs = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="lockd-bench-daemon-", dir=tmpfs) as tmp:
@@ -358,7 +357,7 @@ def daemon_figures(config: DaemonConfig, *, rounds: int, lease_counts: tuple[int
         with open(root / "daemon.log", "wb") as log:
             daemon = subprocess.Popen([sys.executable, "-m", "lockd.daemon", "-c", str(root / "lockd.toml")],
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
-        owner = subprocess.Popen(["sleep", "3600"])
+        owner = spawn_stand_in()
         admin: AdminConnection | None = None
         try:
             admin = _wait_for_admin(str(root / "admin.sock"), daemon, root / "daemon.log")
@@ -407,15 +406,8 @@ def daemon_figures(config: DaemonConfig, *, rounds: int, lease_counts: tuple[int
         finally:
             if admin is not None:
                 admin.close()
-            if owner.poll() is None:
-                owner.kill()
-                owner.wait()
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            end_stand_in(owner)
+            stop_daemon(daemon)
 
 
 def _wait_for_admin(path: str, daemon: subprocess.Popen[bytes], log: Path) -> AdminConnection:

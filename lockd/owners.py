@@ -3,14 +3,22 @@
 The start time is field 22 of /proc/PID/stat (clock ticks since boot). A process handle (pidfd) is opened
 once per owner: it becomes readable when the process exits (the manager releases its leases then) and
 ``pidfd_send_signal`` can kill exactly that process, never a successor that reused the pid.
+
+Stand-ins (``stand_in``): the processes that benches, baselines and scenarios register as owners in place
+of a QEMU. They die with their spawner on every path, a crash or SIGKILL of the spawner included: a
+``sleep 3600`` left by a compare process that died of SIGSEGV held its caller's output pipe for minutes.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lockd.errors import InvalidRequest, ProtocolError
 
@@ -83,3 +91,48 @@ class ProcessHandle:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+# -- stand-ins for owners ------------------------------------------------------------------------------------
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+STAND_IN_ARGV = ("sleep", "3600")
+
+
+def spawn_stand_in(argv: Sequence[str] = STAND_IN_ARGV, **popen: Any) -> subprocess.Popen[Any]:
+    """Start a process standing for a lease owner; the kernel SIGKILLs it when its spawner dies.
+
+    The child sets PR_SET_PDEATHSIG before it execs, and exits at once if its parent is already gone by
+    then (it died between fork and prctl). The kernel's "parent" is the spawning *thread*: a stand-in
+    spawned on a thread that ends dies with that thread, so spawn it on one that outlives its use.
+    ``popen`` goes to ``subprocess.Popen`` as is. The caller still ends it on its normal paths
+    (``end_stand_in``, or use ``stand_in()``).
+    """
+    import ctypes  # only benches and scenarios spawn stand-ins: the daemon does not carry ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != parent:
+            os._exit(0)
+
+    return subprocess.Popen(list(argv), preexec_fn=die_with_parent, **popen)
+
+
+def end_stand_in(process: subprocess.Popen[Any]) -> None:
+    """SIGKILL a stand-in (if it still runs) and reap it."""
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+@contextmanager
+def stand_in(argv: Sequence[str] = STAND_IN_ARGV, **popen: Any) -> Iterator[subprocess.Popen[Any]]:
+    """A stand-in owner for the ``with`` block (``spawn_stand_in``), ended on every way out of it."""
+    process = spawn_stand_in(argv, **popen)
+    try:
+        yield process
+    finally:
+        end_stand_in(process)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from hvstore.errors import HvstoreError
+from lockd.owners import end_stand_in, spawn_stand_in
 
 NODE_DIR = "/tmp/hvstore-writers"
 _OPS_PER_S = re.compile(r" ops; .* and (\S+) ops/sec\)")  # "inf" when it took no measurable time
@@ -307,7 +308,7 @@ class _NodeProcess(WriterProcess):
         self.killed_by: int | None = None
         # The lease owner on this host standing for the writer in the node (a daemon-like child for the
         # writer's lifetime, so not through hvstore.run).
-        self.stand_in = subprocess.Popen(["sleep", "infinity"], start_new_session=True)
+        self.stand_in = spawn_stand_in(("sleep", "infinity"), start_new_session=True)
         self.lease_pid = self.stand_in.pid
 
     @property
@@ -332,9 +333,7 @@ class _NodeProcess(WriterProcess):
         return int(answer)
 
     def _end_stand_in(self) -> None:
-        if self.stand_in.poll() is None:
-            self.stand_in.kill()
-        self.stand_in.wait()
+        end_stand_in(self.stand_in)
 
     def signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGKILL:
