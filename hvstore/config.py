@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hvstore.backends.base import Backend, StoreConfig
@@ -26,6 +26,14 @@ from hvstore.errors import ConfigError, NotFound
 from hvstore.model import validate_name
 
 DEFAULT_LAB_DIR = Path("/var/lib/hvstore/lab")
+
+# Where a lockd lease store type keeps its leases: the key of its [store] table that names the place, and
+# whether that place is a directory. A type missing here has no place to move (iscsi: the leases fill a LUN).
+LEASE_PLACE_KEYS: dict[str, tuple[str, bool]] = {
+    "rados": ("namespace", False),
+    "gluster": ("root", True),  # a directory inside the Gluster volume; lockd's default is /lockd
+    "file": ("path", True),
+}
 
 
 def lab_dir() -> Path:
@@ -79,6 +87,24 @@ class HvstoreConfig:
             kind, raw = self.tables[name]
             self._entries[name] = StoreEntry(name, kind, BACKENDS[kind].Config.from_mapping(name, raw))
         return self._entries[name]
+
+    def lease_store_at(self, store: str, place: str) -> dict[str, Any] | None:
+        """``store``'s lease table (``[lease_stores.STORE]``) with the leases moved to ``place``, so they never
+        mix with those of the lockd the table is written for: RADOS namespace ``place``; for a directory
+        (gluster root, file path), the directory ``place`` beside the configured one, never inside it (lockd
+        takes every directory inside as a lockspace). None when the type has no place of its own (iscsi):
+        the caller decides whether to share it. NotFound when the store has no lease table."""
+        validate_name(place, what="lease place")
+        if store not in self.lease_stores:
+            known = ", ".join(sorted(self.lease_stores)) or "none"
+            raise NotFound(f"store {store!r} has no [lease_stores.{store}] in {self.path} (known: {known})")
+        table = self.lease_stores[store]
+        if table["type"] not in LEASE_PLACE_KEYS:
+            return None
+        key, is_directory = LEASE_PLACE_KEYS[table["type"]]
+        # no key: lockd's default directory (gluster: /lockd), a child of "/" as every default is
+        moved = str(PurePosixPath(str(table.get(key, "/"))).parent / place) if is_directory else place
+        return {**table, key: moved}
 
 
 def parse_config(data: dict[str, Any], path: Path) -> HvstoreConfig:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hvstore.config import lab_dir
+from hvstore.config import HvstoreConfig, lab_dir
 from hvstore.errors import HvstoreError, InvalidArgument
 from hvstore.model import Feature, VolumeRef
 from hvstore.run import run
@@ -51,6 +51,7 @@ from hvstore.scenarios.spec import Scenario, Step, WriterSpec
 from hvstore.scenarios.stores import migration_window, replica_loss
 from hvstore.scenarios.writers import WriterJob, WriterProcess, writer_path
 from hvstore.service import VolumeService
+from lockd.owners import spawn_stand_in
 
 Log = Callable[[str], None]
 POLL_S = 0.1
@@ -94,22 +95,20 @@ class ScenarioResult:
                 "skipped_steps": self.skipped_steps, "events": self.events, "seconds": round(self.seconds, 2)}
 
 
-# Where in a store's lease storage scenario leases go, so they never mix with the lab lockd's: the key of
-# the store table that names a namespace / directory, per lease store type (iscsi: one LUN, no such place).
-SCENARIO_LEASE_PLACES: dict[str, tuple[str, str]] = {
-    "rados": ("namespace", "hvstore-scenarios"),
-    "gluster": ("root", "/hvstore-scenarios"),
-}
+# Where in a store's lease storage scenario leases go, so they never mix with the lab lockd's
+# (``HvstoreConfig.lease_store_at`` knows per lease store type which key names that place).
+SCENARIO_LEASE_PLACE = "hvstore-scenarios"
 
 
-def scenario_lease_store(lease_stores: dict[str, dict[str, Any]], store: str, scratch: Path) -> dict[str, Any]:
-    """The lockd ``[store]`` table a scenario's hosts share on ``store`` (``{host}`` still in it)."""
-    table = lease_stores.get(store)
-    if table is None:
+def scenario_lease_store(config: HvstoreConfig, store: str, scratch: Path) -> dict[str, Any]:
+    """The lockd ``[store]`` table a scenario's hosts share on ``store`` (``{host}`` still in it): the store's
+    lease storage moved to ``SCENARIO_LEASE_PLACE``; a type that cannot move (iscsi: one LUN) as configured,
+    so the scenario's hosts share the lab's lease LUN; a file store in ``scratch`` when there is none."""
+    if store not in config.lease_stores:
         (scratch / "leases").mkdir(exist_ok=True)
         return {"type": "file", "path": str(scratch / "leases")}
-    place = SCENARIO_LEASE_PLACES.get(table["type"])
-    return {**table, **({place[0]: place[1]} if place else {})}
+    moved = config.lease_store_at(store, SCENARIO_LEASE_PLACE)
+    return config.lease_stores[store] if moved is None else moved
 
 
 def describe_lease_store(table: dict[str, Any]) -> str:
@@ -368,8 +367,8 @@ class ScenarioRun:
     def _step_handoff(self, step: Step) -> None:
         source, target = self.lockds[step.args["from"]], self.lockds[step.args["to"]]
         # Owners standing for the VM on each side (a migration's source and destination QEMU).
-        vm_a = subprocess.Popen(["sleep", "3600"])
-        vm_b = subprocess.Popen(["sleep", "3600"])
+        vm_a = spawn_stand_in()
+        vm_b = spawn_stand_in()
         self.extra_procs += [vm_a, vm_b]
         granted, detail = source.acquire(self.lease.lockspace, self.lease.key, vm_a.pid)
         if not granted:
@@ -567,7 +566,7 @@ class ScenarioRun:
                 raise NotApplicable(reason)
             with tempfile.TemporaryDirectory(prefix="hvstore-scenario-") as tmp:
                 if scenario.uses_lockd:
-                    lease_store = scenario_lease_store(self.service.config.lease_stores, self.store, Path(tmp))
+                    lease_store = scenario_lease_store(self.service.config, self.store, Path(tmp))
                     for host in scenario.hosts:
                         self.lockds[host] = _Lockd(host, Path(tmp), scenario, self.service.config.path, lease_store)
                     self.result.measurements["lease_store"] = describe_lease_store(lease_store)

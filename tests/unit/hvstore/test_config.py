@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from hvstore.config import load_config, parse_config
-from hvstore.errors import ConfigError, NotFound
+from hvstore.config import HvstoreConfig, load_config, parse_config
+from hvstore.errors import ConfigError, InvalidArgument, NotFound
 
 
 def test_parse_local_store(tmp_path):
@@ -88,3 +88,38 @@ def test_lease_store_errors_are_one_clear_line(tmp_path, lease_stores, message):
     with pytest.raises(ConfigError, match=message):
         parse_config({"stores": {"fast": {"type": "local", "path": str(tmp_path)}}, "lease_stores": lease_stores},
                      Path("x.toml"))
+
+
+def _with_leases(tmp_path: Path, **lease_stores: dict) -> HvstoreConfig:
+    stores = {name: {"type": "local", "path": str(tmp_path)} for name in [*lease_stores, "plain"]}
+    return parse_config({"stores": stores, "lease_stores": lease_stores}, Path("x.toml"))
+
+
+RADOS = {"type": "rados", "pool": "hvstore", "conf": "/c.conf", "user": "admin", "namespace": "lockd"}
+GLUSTER = {"type": "gluster", "volume": "hvlease", "server": "127.0.0.1", "root": "/lockd"}
+ISCSI = {"type": "iscsi", "portal": "127.0.0.1:3260", "target": "iqn.x:leases", "initiator": "iqn.x:{host}"}
+
+
+@pytest.mark.parametrize(("table", "key", "moved"), [
+    (RADOS, "namespace", "elsewhere"),
+    (GLUSTER, "root", "/elsewhere"),  # beside /lockd, not inside it (lockd would list it as a lockspace)
+    ({**GLUSTER, "root": "/leases/lockd/"}, "root", "/leases/elsewhere"),
+    ({key: value for key, value in GLUSTER.items() if key != "root"}, "root", "/elsewhere"),  # default /lockd
+    ({"type": "file", "path": "/var/lib/leases"}, "path", "/var/lib/elsewhere"),
+])
+def test_a_lease_table_moved_to_a_place_changes_only_the_key_naming_the_place(tmp_path, table, key, moved):
+    config = _with_leases(tmp_path, fast=table)
+    assert config.lease_store_at("fast", "elsewhere") == {**table, key: moved}
+    assert config.lease_stores["fast"] == table  # the configured table stays as it is
+
+
+def test_a_lease_lun_has_no_place_to_move_to(tmp_path):
+    assert _with_leases(tmp_path, fast=ISCSI).lease_store_at("fast", "elsewhere") is None
+
+
+def test_moving_needs_a_lease_table_and_a_plain_place_name(tmp_path):
+    config = _with_leases(tmp_path, fast=RADOS)
+    with pytest.raises(NotFound, match=r"store 'plain' has no \[lease_stores.plain\] in x.toml \(known: fast\)"):
+        config.lease_store_at("plain", "elsewhere")
+    with pytest.raises(InvalidArgument, match=r"invalid lease place '\.\./up'"):
+        config.lease_store_at("fast", "../up")
