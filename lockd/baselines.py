@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hvstore.lab import procs
+from lockd.memory import rss_mib
 from lockd.owners import spawn_stand_in, stand_in
 from lockd.rpc.virnet import FrameDecoder, Message, MessageStatus, WireError
 from lockd.rpc.virtlockd import (
@@ -54,11 +54,6 @@ def summary_ms(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {"p50": round(statistics.median(ordered) * 1e3, 3),
             "p99": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3, 3)}
-
-
-def rss_mib(pid: int) -> float | None:
-    value = procs.rss_bytes(pid)
-    return round(value / ONE_MIB, 1) if value is not None else None
 
 
 # -- the virtlockd protocol, client side ----------------------------------------------------------------

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import secrets
 import socket
 import statistics
@@ -44,6 +43,7 @@ from lockd.daemon import DaemonConfig
 from lockd.errors import LeaseHeld
 from lockd.lease import Heartbeat, Resource, Versioned
 from lockd.manager import LeaseManager
+from lockd.memory import rss_mib
 from lockd.owners import end_stand_in, spawn_stand_in, stand_in
 from lockd.stores.base import LeaseStore
 
@@ -101,14 +101,6 @@ class CountingStore(LeaseStore):
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def rss_mib(pid: int | str = "self") -> float:
-    """VmRSS of a process (this one by default), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 async def _manager(config: DaemonConfig, host: str, state_root: Path, lockspace: str,
@@ -267,7 +259,7 @@ async def _renewal_cost(manager: LeaseManager, counting: CountingStore, lockspac
         space = manager.status()["lockspaces"][0]
         rows.append({"leases": count, "store_ops_per_renew": round(sum(counting.calls.values()) / renewals, 2),
                      "renew_ms_last": round((space["last_renew_latency_s"] or 0) * 1e3, 3),
-                     "bench_process_rss_mib": round(rss_mib(), 1)})
+                     "bench_process_rss_mib": rss_mib()})
     return rows
 
 
@@ -350,10 +342,12 @@ def daemon_figures(config: DaemonConfig, *, rounds: int, lease_counts: tuple[int
     tmpfs = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="lockd-bench-daemon-", dir=tmpfs) as tmp:
         root = Path(tmp)
-        (root / "lockd.toml").write_text(daemon_config_text(config, host_id=f"bench-daemon-{secrets.token_hex(3)}",
-                                                            root=root, lockspace=lockspace))
+        host_id = f"bench-daemon-{secrets.token_hex(3)}"
+        (root / "lockd.toml").write_text(daemon_config_text(config, host_id=host_id, root=root, lockspace=lockspace))
         repo = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+        progress("lockd daemon: the memory floor under it (interpreter, asyncio, the store's client connected)")
+        floor = memory_floor(config, host_id=host_id, env=env)
         with open(root / "daemon.log", "wb") as log:
             daemon = subprocess.Popen([sys.executable, "-m", "lockd.daemon", "-c", str(root / "lockd.toml")],
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
@@ -363,8 +357,8 @@ def daemon_figures(config: DaemonConfig, *, rounds: int, lease_counts: tuple[int
             admin = _wait_for_admin(str(root / "admin.sock"), daemon, root / "daemon.log")
             settle_s = 3 * config.renew_interval_s
             time.sleep(settle_s)
-            figures: dict[str, Any] = {"lockspace": lockspace, "pid": daemon.pid,
-                                       "rss_idle_mib": round(rss_mib(daemon.pid), 1)}
+            figures: dict[str, Any] = {"lockspace": lockspace, "pid": daemon.pid, **floor,
+                                       "rss_idle_mib": rss_mib(daemon.pid)}
             progress(f"lockd daemon: acquire/release over its admin socket x{rounds}")
             acquire_s, release_s = [], []
             for i in range(rounds):
@@ -387,7 +381,9 @@ def daemon_figures(config: DaemonConfig, *, rounds: int, lease_counts: tuple[int
                     held += 1
                 time.sleep(settle_s)  # a few renewals with that many leases held
                 status = admin.call({"op": "status"})
-                rows.append({"leases": status["leases"], "daemon_rss_mib": round(rss_mib(daemon.pid), 1),
+                rss = rss_mib(daemon.pid)
+                rows.append({"leases": status["leases"], "daemon_rss_mib": rss,
+                             "lockd_own_mib": round(rss - floor["floor_rss_mib"], 1) if rss is not None else None,
                              "threads": _threads(daemon.pid),
                              "renew_ms_last": round((status["lockspaces"][0]["last_renew_latency_s"] or 0) * 1e3, 3)})
             figures["held"] = rows
@@ -408,6 +404,20 @@ def daemon_figures(config: DaemonConfig, *, rounds: int, lease_counts: tuple[int
                 admin.close()
             end_stand_in(owner)
             stop_daemon(daemon)
+
+
+def memory_floor(config: DaemonConfig, *, host_id: str, env: dict[str, str]) -> dict[str, Any]:
+    """``python -m lockd.floor`` on the daemon's store, started as the daemon is (same interpreter, flags and
+    environment): the RSS of a process that has everything the daemon has before lockd's own code and leases."""
+    request = {"store": config.store, "host_id": host_id, "renew_interval_s": config.renew_interval_s,
+               "renewals": 3}
+    done = subprocess.run([sys.executable, "-m", "lockd.floor"], input=json.dumps(request), capture_output=True,
+                          text=True, env=env, timeout=60 + 3 * config.renew_interval_s)
+    if done.returncode != 0:
+        raise RuntimeError(f"lockd.floor failed: {done.stderr.strip()[-500:]}")
+    result = json.loads(done.stdout)
+    return {"floor_rss_mib": result["rss_mib"], "floor_threads": result["threads"],
+            "floor_lockd_modules": result["lockd_modules"]}
 
 
 def _wait_for_admin(path: str, daemon: subprocess.Popen[bytes], log: Path) -> AdminConnection:

@@ -209,8 +209,10 @@ def bench(config: ConfigOption = None,
                      f"{daemon['acquire_ms']['p50']} ms p99 {daemon['acquire_ms']['p99']} ms; release p50 "
                      f"{daemon['release_ms']['p50']} ms p99 {daemon['release_ms']['p99']} ms; RSS idle "
                      f"{daemon['rss_idle_mib']} MiB")
-        lines += [f"{row['leases']:>6} leases held: daemon RSS {row['daemon_rss_mib']} MiB, {row['threads']} threads"
-                  for row in daemon["held"]]
+        lines.append(f"the floor under it (interpreter, asyncio, the store's client connected; python -m lockd.floor): "
+                     f"RSS {daemon['floor_rss_mib']} MiB, {daemon['floor_threads']} threads")
+        lines += [f"{row['leases']:>6} leases held: daemon RSS {row['daemon_rss_mib']} MiB (lockd's own "
+                  f"{row['lockd_own_mib']} MiB above the floor), {row['threads']} threads" for row in daemon["held"]]
     for who, wire in data["wire"].items():
         lines.append(f"{who} over the virtlockd protocol: REGISTER+ACQUIRE p50 {wire['register_acquire_ms']['p50']}"
                      f" ms p99 {wire['register_acquire_ms']['p99']} ms; RELEASE p50 {wire['release_ms']['p50']} ms"

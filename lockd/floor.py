@@ -42,7 +42,7 @@ async def measure(request: dict[str, Any]) -> dict[str, Any]:
             await asyncio.sleep(float(request.get("renew_interval_s", 1.0)))
         gc.freeze()
         trim_heap()
-        return {"rss_mib": round(rss_mib() or 0.0, 1), "threads": len(os.listdir("/proc/self/task")),
+        return {"rss_mib": rss_mib(), "threads": len(os.listdir("/proc/self/task")),
                 "lockd_modules": sorted(name for name in sys.modules if name.split(".")[0] == "lockd")}
     finally:
         await asyncio.to_thread(store.close)

@@ -10,12 +10,12 @@ from typing import Any
 
 
 def rss_mib(pid: int | str = "self") -> float | None:
-    """VmRSS of a process (this one by default), in MiB; None when it is gone."""
+    """VmRSS of a process (this one by default), in MiB to 0.1; None when it is gone."""
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+                    return round(int(line.split()[1]) / 1024, 1)
     except (FileNotFoundError, ProcessLookupError):
         return None
     return None  # a zombie has no VmRSS line

@@ -209,6 +209,10 @@ def test_bench_prints_figures_as_json(tmp_path: Path) -> None:
     assert [row["leases"] for row in daemon["held"]] == [3, 7]
     assert daemon["pid"] > 0 and daemon["pid"] != os.getpid()
     assert daemon["rss_idle_mib"] > 0 and all(row["daemon_rss_mib"] > 0 for row in daemon["held"])
+    # the floor under the daemon, measured in the same run, holds no lease logic; lockd's own = RSS - floor
+    assert daemon["floor_rss_mib"] > 0 and "lockd.manager" not in daemon["floor_lockd_modules"]
+    assert all(row["lockd_own_mib"] == round(row["daemon_rss_mib"] - daemon["floor_rss_mib"], 1)
+               for row in daemon["held"])
     assert daemon["acquire_ms"]["p99"] >= daemon["acquire_ms"]["p50"] > 0
     assert figures["acquire_ms"]["p99"] >= figures["acquire_ms"]["p50"] > 0
     assert all(row["store_ops_per_renew"] > 0 for row in figures["renewal"])
