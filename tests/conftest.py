@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 from hypothesis import settings
+
+from lockd.owners import end_stand_in, spawn_stand_in
 
 LARGE_BYTES = 4096
 
@@ -12,6 +17,21 @@ LARGE_BYTES = 4096
 # tests whose subject is correctness, not speed (seen once on the sheepdog bitmap round trip).
 settings.register_profile("hvstore", deadline=None)
 settings.load_profile("hvstore")
+
+
+@pytest.fixture
+def spawn_owner() -> Iterator[Callable[[], subprocess.Popen[Any]]]:
+    """Start processes standing for lease owners (``sleep``, dying with the test process); ended after the test."""
+    children: list[subprocess.Popen[Any]] = []
+
+    def start() -> subprocess.Popen[Any]:
+        child = spawn_stand_in(("sleep", "600"))
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        end_stand_in(child)
 
 
 def pytest_assertrepr_compare(op: str, left: Any, right: Any) -> list[str] | None:

@@ -149,21 +149,6 @@ def cluster(tmp_path: Path, store_table: dict[str, Any]) -> Iterator[dict[str, H
         shutil.rmtree(root, ignore_errors=True)  # the hosts' watchdogs exit when their directory goes
 
 
-@pytest.fixture
-def owner() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    children: list[subprocess.Popen[bytes]] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        child = subprocess.Popen(["sleep", "600"])
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        child.kill()
-        child.wait()
-
-
 def try_acquire(host: Host, proc: subprocess.Popen[bytes], key: str = "disk") -> bool:
     try:
         host.acquire(proc, key)
@@ -182,22 +167,22 @@ def poll_acquire(host: Host, proc: subprocess.Popen[bytes], key: str = "disk") -
         return False
 
 
-def test_mutual_exclusion_between_three_hosts(cluster: dict[str, Host], owner: Callable) -> None:
+def test_mutual_exclusion_between_three_hosts(cluster: dict[str, Host], spawn_owner: Callable) -> None:
     for key in ("disk-1", "disk-2", "disk-3"):
-        winners = [name for name, host in cluster.items() if try_acquire(host, owner(), key)]
+        winners = [name for name, host in cluster.items() if try_acquire(host, spawn_owner(), key)]
         assert len(winners) == 1, winners
     held = {name: [le["key"] for le in host.call("leases")] for name, host in cluster.items()}
     assert sorted(k for keys in held.values() for k in keys) == ["disk-1", "disk-2", "disk-3"]
     # shared leases: every host may hold one at once; an exclusive request is refused meanwhile
     for host in cluster.values():
-        host.acquire(owner(), "shared-disk", shared=True)
+        host.acquire(spawn_owner(), "shared-disk", shared=True)
     with pytest.raises(LeaseHeld):
-        cluster["hosta"].acquire(owner(), "shared-disk")
+        cluster["hosta"].acquire(spawn_owner(), "shared-disk")
 
 
-def test_cli_acquire_busy_release_json_and_exit_codes(cluster: dict[str, Host], owner: Callable) -> None:
+def test_cli_acquire_busy_release_json_and_exit_codes(cluster: dict[str, Host], spawn_owner: Callable) -> None:
     a, b = cluster["hosta"], cluster["hostb"]
-    pa, pb = owner(), owner()
+    pa, pb = spawn_owner(), spawn_owner()
     done = a.cli("acquire", LS, "disk", "--pid", str(pa.pid), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["token"] >= 1
@@ -217,23 +202,23 @@ def test_cli_acquire_busy_release_json_and_exit_codes(cluster: dict[str, Host], 
     assert missing.returncode == 1 and missing.stderr.startswith("lockd: cannot reach lockd")
 
 
-def test_release_on_owner_exit(cluster: dict[str, Host], owner: Callable) -> None:
+def test_release_on_owner_exit(cluster: dict[str, Host], spawn_owner: Callable) -> None:
     a, b = cluster["hosta"], cluster["hostb"]
-    pa = owner()
+    pa = spawn_owner()
     a.acquire(pa)
-    assert not try_acquire(b, owner())
+    assert not try_acquire(b, spawn_owner())
     pa.kill()
     pa.wait()
-    taker = owner()
+    taker = spawn_owner()
     wait_for(lambda: poll_acquire(b, taker), what="hostb to get the lease hosta released", timeout_s=10)
     assert a.call("leases") == []
 
 
-def test_takeover_after_kill_9_of_the_holders_daemon(cluster: dict[str, Host], owner: Callable) -> None:
+def test_takeover_after_kill_9_of_the_holders_daemon(cluster: dict[str, Host], spawn_owner: Callable) -> None:
     a, b = cluster["hosta"], cluster["hostb"]
-    pa = owner()
+    pa = spawn_owner()
     a.acquire(pa)
-    taker_owner = owner()
+    taker_owner = spawn_owner()
     a.signal(signal.SIGKILL)
     killed_at = time.monotonic()
     took_s = wait_for(lambda: poll_acquire(b, taker_owner), what="hostb to take over",
@@ -248,28 +233,28 @@ def test_takeover_after_kill_9_of_the_holders_daemon(cluster: dict[str, Host], o
     assert {h["host"]: h["state"] for h in b.call("hosts")}["hosta"] in ("evicted", "dead")
 
 
-def test_restart_keeps_leases_and_owners(cluster: dict[str, Host], owner: Callable) -> None:
+def test_restart_keeps_leases_and_owners(cluster: dict[str, Host], spawn_owner: Callable) -> None:
     a, b = cluster["hosta"], cluster["hostb"]
-    pa = owner()
+    pa = spawn_owner()
     token = a.acquire(pa)["token"]
     for signum in (signal.SIGTERM, signal.SIGKILL):
         a.signal(signum)
         a.start()
         assert [(le["key"], le["token"]) for le in a.call("leases")] == [("disk", token)]
         assert pa.poll() is None
-        assert not try_acquire(b, owner())
+        assert not try_acquire(b, spawn_owner())
     # and the re-adopted owner's exit still releases
     pa.kill()
     pa.wait()
-    wait_for(lambda: poll_acquire(b, owner()), what="hostb to get the released lease", timeout_s=10)
+    wait_for(lambda: poll_acquire(b, spawn_owner()), what="hostb to get the released lease", timeout_s=10)
 
 
 def test_holder_cut_off_from_the_store_kills_its_owner_before_the_ttl(cluster: dict[str, Host],
                                                                       store_table: dict[str, Any],
-                                                                      owner: Callable,
+                                                                      spawn_owner: Callable,
                                                                       request: pytest.FixtureRequest) -> None:
     a = cluster["hosta"]
-    pa = owner()
+    pa = spawn_owner()
     a.acquire(pa)
     lun = request.getfixturevalue("lease_lun") if store_table["type"] == "iscsi" else None
     with CutOff(a, store_table, lun):
@@ -287,7 +272,7 @@ def test_holder_cut_off_from_the_store_kills_its_owner_before_the_ttl(cluster: d
     assert status["metrics"]["self_fences"] == 1 and status["metrics"]["owners_killed"] == 1
     # Once the store is back, the host re-joins under a new incarnation and grants leases again (the
     # record its killed owner held is released or, evicted, taken over).
-    again = owner()
+    again = spawn_owner()
     wait_for(lambda: try_acquire_or_unavailable(a, again), what="hosta to grant leases again", timeout_s=20)
     incarnations = {s["incarnation"] for s in a.call("status")["lockspaces"]}
     assert incarnations.isdisjoint({s["incarnation"] for s in status["lockspaces"]}) or status["lockspaces"]
@@ -400,16 +385,16 @@ def freeze(host: Host, store_table: dict[str, Any]) -> None:
 
 def test_a_frozen_holder_self_fences_when_it_wakes_after_a_takeover(cluster: dict[str, Host],
                                                                     store_table: dict[str, Any],
-                                                                    owner: Callable) -> None:
+                                                                    spawn_owner: Callable) -> None:
     """SIGSTOP freezes the holder's lockd (not its owner or its outside watchdog): the watchdog kills the
     owner at the holder's deadline, before the lease can be taken over after a TTL; on SIGCONT the holder
     finds its heartbeat evicted, drops the lease and re-joins."""
     a, b = cluster["hosta"], cluster["hostb"]
-    pa = owner()
+    pa = spawn_owner()
     a.acquire(pa)
     freeze(a, store_table)
     try:
-        took_s = wait_for(lambda: poll_acquire(b, owner()), what="hostb to take over from the frozen hosta",
+        took_s = wait_for(lambda: poll_acquire(b, spawn_owner()), what="hostb to take over from the frozen hosta",
                           timeout_s=LIVENESS_S)
         print(f"takeover {took_s:.2f} s after hosta froze (TTL {TTL_S} s)")
         assert pa.poll() == -signal.SIGKILL

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +36,6 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    children: list[subprocess.Popen[bytes]] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        child = subprocess.Popen(["sleep", "600"])
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        child.kill()
-        child.wait()
 
 
 def manager(tmp_path: Path, host: str, clock: Clock) -> LeaseManager:
@@ -83,11 +68,11 @@ def killed(child: subprocess.Popen[bytes]) -> bool:
         return False
 
 
-def test_acquire_release_and_local_conflicts(tmp_path: Path, clock: Clock, spawn: Callable) -> None:
+def test_acquire_release_and_local_conflicts(tmp_path: Path, clock: Clock, spawn_owner: Callable) -> None:
     async def scenario() -> None:
         a = manager(tmp_path, "hosta", clock)
         await a.start()
-        p1, p2 = spawn(), spawn()
+        p1, p2 = spawn_owner(), spawn_owner()
         lease = await a.acquire(LS, "disk", p1.pid)
         assert (lease.mode, lease.token) == (Mode.EXCLUSIVE, 1)
         assert (await a.acquire(LS, "disk", p1.pid)).token == 1  # idempotent
@@ -128,12 +113,12 @@ def test_invalid_requests(tmp_path: Path, clock: Clock) -> None:
 
 
 def test_busy_while_holder_renews_then_takeover_after_a_ttl(tmp_path: Path, clock: Clock,
-                                                            spawn: Callable) -> None:
+                                                            spawn_owner: Callable) -> None:
     async def scenario() -> None:
         a, b = manager(tmp_path, "hosta", clock), manager(tmp_path, "hostb", clock)
         await a.start()
         await b.start()
-        pa, pb = spawn(), spawn()
+        pa, pb = spawn_owner(), spawn_owner()
         await a.acquire(LS, "disk", pa.pid)
         # hosta renews every second for 20 s: hostb is refused every time, at once.
         for _ in range(20):
@@ -160,14 +145,14 @@ def test_busy_while_holder_renews_then_takeover_after_a_ttl(tmp_path: Path, cloc
 
 
 def test_evicted_holder_kills_its_owners_on_its_next_renewal(tmp_path: Path, clock: Clock,
-                                                             spawn: Callable) -> None:
+                                                             spawn_owner: Callable) -> None:
     """A holder that was frozen (no renewals, no watchdog) and wakes after the takeover learns it from the
     failed heartbeat compare-and-swap and self-fences at once."""
     async def scenario() -> None:
         a, b = manager(tmp_path, "hosta", clock), manager(tmp_path, "hostb", clock)
         await a.start()
         await b.start()
-        pa, pb = spawn(), spawn()
+        pa, pb = spawn_owner(), spawn_owner()
         await a.acquire(LS, "disk", pa.pid)
         await advance(clock, TIMING.ttl_s, b)
         await b.acquire(LS, "disk", pb.pid)
@@ -186,7 +171,7 @@ def test_evicted_holder_kills_its_owners_on_its_next_renewal(tmp_path: Path, clo
 
 
 def test_renewing_holder_beats_a_taker_whose_decision_is_stale(tmp_path: Path, clock: Clock,
-                                                               spawn: Callable) -> None:
+                                                               spawn_owner: Callable) -> None:
     """The eviction is a compare-and-swap on the exact counter judged dead: if the holder renewed in
     between, the taker's eviction fails and it answers busy. To get a taker that judges a holder dead while
     the holder is still within its deadline, the taker's clock runs twice as fast (drift beyond the
@@ -196,7 +181,7 @@ def test_renewing_holder_beats_a_taker_whose_decision_is_stale(tmp_path: Path, c
         a, b = manager(tmp_path, "hosta", clock), manager(tmp_path, "hostb", fast)
         await a.start()
         await b.start()
-        pa, pb = spawn(), spawn()
+        pa, pb = spawn_owner(), spawn_owner()
         await a.acquire(LS, "disk", pa.pid)
         for _ in range(int(TIMING.ttl_s)):
             clock.now += 0.5  # hosta: 4 s pass, within its 6 s deadline, without a renewal
@@ -221,11 +206,11 @@ def test_renewing_holder_beats_a_taker_whose_decision_is_stale(tmp_path: Path, c
 
 
 def test_self_fence_at_ttl_minus_margin_from_the_renewal_start(tmp_path: Path, clock: Clock,
-                                                               spawn: Callable) -> None:
+                                                               spawn_owner: Callable) -> None:
     async def scenario() -> None:
         a = manager(tmp_path, "hosta", clock)
         await a.start()
-        p = spawn()
+        p = spawn_owner()
         await a.acquire(LS, "disk", p.pid)
         start = clock.now
         await a._renew(a._spaces[LS])
@@ -244,11 +229,11 @@ def test_self_fence_at_ttl_minus_margin_from_the_renewal_start(tmp_path: Path, c
     run(scenario())
 
 
-def test_restart_in_time_readopts_everything(tmp_path: Path, clock: Clock, spawn: Callable) -> None:
+def test_restart_in_time_readopts_everything(tmp_path: Path, clock: Clock, spawn_owner: Callable) -> None:
     async def scenario() -> None:
         a = manager(tmp_path, "hosta", clock)
         await a.start()
-        p = spawn()
+        p = spawn_owner()
         lease = await a.acquire(LS, "disk", p.pid)
         incarnation = a._spaces[LS].incarnation
         assert len(list((tmp_path / "run-hosta" / "leases").glob("*.json"))) == 1  # one small file per lease
@@ -268,11 +253,11 @@ def test_restart_in_time_readopts_everything(tmp_path: Path, clock: Clock, spawn
     run(scenario())
 
 
-def test_restart_too_late_kills_first(tmp_path: Path, clock: Clock, spawn: Callable) -> None:
+def test_restart_too_late_kills_first(tmp_path: Path, clock: Clock, spawn_owner: Callable) -> None:
     async def scenario() -> None:
         a = manager(tmp_path, "hosta", clock)
         await a.start()
-        p = spawn()
+        p = spawn_owner()
         await a.acquire(LS, "disk", p.pid)
         await a.stop()
         clock.now += TIMING.self_fence_after_s + 0.1
@@ -287,11 +272,11 @@ def test_restart_too_late_kills_first(tmp_path: Path, clock: Clock, spawn: Calla
     run(scenario())
 
 
-def test_owner_exit_releases_through_pidfd(tmp_path: Path, spawn: Callable) -> None:
+def test_owner_exit_releases_through_pidfd(tmp_path: Path, spawn_owner: Callable) -> None:
     async def scenario() -> None:
         a = LeaseManager(ManagerConfig(host="hosta", state_dir=tmp_path / "run"), FileLeaseStore(tmp_path / "s"))
         await a.start()
-        p = spawn()
+        p = spawn_owner()
         await a.acquire(LS, "disk", p.pid)
         async with asyncio.TaskGroup() as tg:
             a.run(tg)
@@ -305,12 +290,12 @@ def test_owner_exit_releases_through_pidfd(tmp_path: Path, spawn: Callable) -> N
     run(scenario())
 
 
-def test_operator_fence_allows_immediate_takeover(tmp_path: Path, clock: Clock, spawn: Callable) -> None:
+def test_operator_fence_allows_immediate_takeover(tmp_path: Path, clock: Clock, spawn_owner: Callable) -> None:
     async def scenario() -> None:
         a, b = manager(tmp_path, "hosta", clock), manager(tmp_path, "hostb", clock)
         await a.start()
         await b.start()
-        pa, pb = spawn(), spawn()
+        pa, pb = spawn_owner(), spawn_owner()
         await a.acquire(LS, "disk", pa.pid)
         with pytest.raises(LeaseHeld):
             await b.acquire(LS, "disk", pb.pid)
@@ -350,7 +335,7 @@ class RecordingFencer:
         return FenceResult(True, "none", "recorded")
 
 
-def test_takeover_fences_the_dead_host_never_this_one(tmp_path: Path, clock: Clock, spawn: Callable) -> None:
+def test_takeover_fences_the_dead_host_never_this_one(tmp_path: Path, clock: Clock, spawn_owner: Callable) -> None:
     async def scenario() -> None:
         fencer = RecordingFencer()
         a = manager(tmp_path, "hosta", clock)
@@ -358,7 +343,7 @@ def test_takeover_fences_the_dead_host_never_this_one(tmp_path: Path, clock: Clo
                                        lockspaces=(LS,)), FileLeaseStore(tmp_path / "store"), fencer, clock=clock)
         await a.start()
         await b.start()
-        pa, pb = spawn(), spawn()
+        pa, pb = spawn_owner(), spawn_owner()
         await a.acquire(LS, "disk", pa.pid)
         await advance(clock, TIMING.ttl_s, b)
         await b.acquire(LS, "disk", pb.pid)
@@ -372,7 +357,7 @@ def test_takeover_fences_the_dead_host_never_this_one(tmp_path: Path, clock: Clo
         assert b.leases() == []
         b._releasing.clear()  # the background release never got through
         await advance(clock, TIMING.ttl_s, b)
-        pb2 = spawn()
+        pb2 = spawn_owner()
         lease = await b.acquire(LS, "disk", pb2.pid)
         assert lease.token > 2
         assert fencer.calls == [("hosta", f"{LS}/disk")]
@@ -383,7 +368,7 @@ def test_takeover_fences_the_dead_host_never_this_one(tmp_path: Path, clock: Clo
 
 
 def test_reacquire_after_own_release_skips_the_read_but_sees_other_hosts(tmp_path: Path, clock: Clock,
-                                                                         spawn: Callable) -> None:
+                                                                         spawn_owner: Callable) -> None:
     """An exclusive release and an acquire of a record this host released last write without reading it
     first (one store operation each); the write is guarded by the version we wrote, so a change by another
     host in between is still seen (busy, or a fresh read and a higher token)."""
@@ -397,7 +382,7 @@ def test_reacquire_after_own_release_skips_the_read_but_sees_other_hosts(tmp_pat
         b = manager(tmp_path, "hostb", clock)
         await a.start()
         await b.start()
-        p1, p2 = spawn(), spawn()
+        p1, p2 = spawn_owner(), spawn_owner()
         first = await a.acquire(LS, "disk", p1.pid)
         await a.release(LS, "disk", p1.pid)
         counting.calls.clear()
