@@ -87,6 +87,12 @@ ACQUIRE_ATTEMPTS = 3  # CAS retries when another host changes the record between
 FREE_RECORDS_KEPT = 1024  # records this host released last, remembered to acquire them again without a read
 
 
+def _attempts(known: Versioned[Resource] | None) -> list[Versioned[Resource] | None]:
+    """What each compare-and-swap attempt on a record starts from: ``known`` first when we have it (a record
+    as we wrote it, at its version: no read), then None = read it afresh, ACQUIRE_ATTEMPTS times."""
+    return ([known] if known is not None else []) + [None] * ACQUIRE_ATTEMPTS
+
+
 @dataclass(frozen=True)
 class ManagerConfig:
     host: str
@@ -371,7 +377,7 @@ class LeaseManager:
         """The lease's record as the store has it now (None: never written)."""
         validate_lockspace(lockspace)
         validate_key(key)
-        current = await self._io(f"read lease {lockspace}/{key}", self.store.read_resource, lockspace, key)
+        current = await self._read_record(lockspace, key)
         return current.value if current else None
 
     async def fence_host(self, host: str, *, lockspace: str | None = None) -> list[dict[str, Any]]:
@@ -445,16 +451,13 @@ class LeaseManager:
         space = await self._ensure_joined(self._space(lockspace))
         self._require_healthy(space)
         me = space.me
+        # If we released it last: the free record we wrote, at the version the store gave it. Our write below is
+        # guarded by that version, so it lands on exactly that record or fails (someone changed it since),
+        # and then we read it like any other.
         released = self._released.pop((lockspace, key), None)
-        for _ in range(ACQUIRE_ATTEMPTS + (released is not None)):
-            current: Versioned[Resource] | None
-            if released is not None:
-                # We released it last: the free record we wrote, at the version the store gave it. Our write
-                # below is guarded by that version, so it lands on exactly that record or fails (someone
-                # changed it since), and then we read it like any other.
-                current, released = Versioned(Resource(key, token=released[0]), released[1]), None
-            else:
-                current = await self._io(f"read lease {lockspace}/{key}", self.store.read_resource, lockspace, key)
+        known = Versioned(Resource(key, token=released[0]), released[1]) if released is not None else None
+        for guess in _attempts(known):
+            current = guess if guess is not None else await self._read_record(lockspace, key)
             record = current.value if current else None
             if record is not None and any(h != me for h in record.holders):
                 await self._observe(space)  # judge the holders on a fresh read, not the last renew's
@@ -493,6 +496,9 @@ class LeaseManager:
             return lease
         raise LeaseHeld(f"lease {lockspace}/{key} keeps changing under us; retry", reason="contended",
                         retry_after_s=self.config.timing.renew_interval_s)
+
+    async def _read_record(self, lockspace: str, key: str) -> Versioned[Resource] | None:
+        return await self._io(f"read lease {lockspace}/{key}", self.store.read_resource, lockspace, key)
 
     async def _write_record(self, lockspace: str, record: Resource, expected_version: int | None,
                             me: Owner) -> int:
@@ -593,11 +599,8 @@ class LeaseManager:
         """Write the record without us (``known``: the record as we wrote it, so no read first; the write is
         guarded by its version, and a conflict makes us read it)."""
         me = Owner(self.config.host, incarnation)
-        for _ in range(ACQUIRE_ATTEMPTS + (known is not None)):
-            if known is not None:
-                current, known = known, None
-            else:
-                current = await self._io(f"read lease {lockspace}/{key}", self.store.read_resource, lockspace, key)
+        for guess in _attempts(known):
+            current = guess if guess is not None else await self._read_record(lockspace, key)
             new = decide_release(current.value if current else None, me)
             if new is None or current is None:
                 break
