@@ -51,6 +51,7 @@ ONE_MIB = 1 << 20
 
 
 def summary_ms(values: list[float]) -> dict[str, float]:
+    """p50 and p99 of durations in seconds, in ms (p99: the value at rank 0.99 n, no interpolation)."""
     ordered = sorted(values)
     return {"p50": round(statistics.median(ordered) * 1e3, 3),
             "p99": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3, 3)}

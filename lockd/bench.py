@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lockd.baselines import (
+    sanlock_figures,
+    stop_daemon,
+    summary_ms,
+    virtlockd_figures,
+    wire_latency,
+    wire_setup,
+)
 from lockd.daemon import DaemonConfig
 from lockd.errors import LeaseHeld
 from lockd.lease import Heartbeat, Resource, Versioned
@@ -47,6 +54,7 @@ from lockd.memory import rss_mib
 from lockd.owners import end_stand_in, spawn_stand_in, stand_in
 from lockd.stores.base import LeaseStore
 
+STATE_TMPFS = "/dev/shm" if os.path.isdir("/dev/shm") else None  # lockd state dirs on tmpfs, as /run is on a host
 
 class CountingStore(LeaseStore):
     """A LeaseStore that counts the calls it forwards (one call = one store operation here)."""
@@ -98,11 +106,6 @@ class CountingStore(LeaseStore):
         return self.inner.fence_client(lockspace, heartbeat)
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 async def _manager(config: DaemonConfig, host: str, state_root: Path, lockspace: str,
                    store: LeaseStore | None = None) -> LeaseManager:
     manager_config = replace(config.manager_config(), host=host, state_dir=state_root / host,
@@ -122,8 +125,7 @@ async def bench(config: DaemonConfig, *, rounds: int = 200, lease_counts: tuple[
                                "timing": {"ttl_s": config.ttl_s, "renew_interval_s": config.renew_interval_s,
                                           "margin_s": config.margin_s}}
     try:
-        tmpfs = "/dev/shm" if os.path.isdir("/dev/shm") else None  # state_dir on tmpfs, as /run on a host
-        with tempfile.TemporaryDirectory(prefix="lockd-bench-", dir=tmpfs) as tmp:
+        with tempfile.TemporaryDirectory(prefix="lockd-bench-", dir=STATE_TMPFS) as tmp:
             root = Path(tmp)
             counting = CountingStore(config.open_store())
             a = await _manager(config, "bench-a", root, lockspace, counting)
@@ -151,8 +153,6 @@ async def bench(config: DaemonConfig, *, rounds: int = 200, lease_counts: tuple[
         results["daemon"] = await asyncio.to_thread(daemon_figures, config, rounds=rounds,
                                                     lease_counts=daemon_leases, progress=progress)
     if baselines:
-        from lockd.baselines import sanlock_figures, virtlockd_figures
-
         results["wire"]["virtlockd"] = await asyncio.to_thread(virtlockd_figures, rounds, progress)
         results["sanlock"] = await asyncio.to_thread(sanlock_figures, rounds, takeover=sanlock_takeover,
                                                      progress=progress)
@@ -191,7 +191,6 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
 async def _wire_latency(manager: LeaseManager, root: Path, lockspace: str, rounds: int,
                         progress: Callable[[str], None]) -> dict[str, Any]:
     """lockd behind its virtlockd-protocol server on a temporary socket, driven like libvirt's plugin."""
-    from lockd.baselines import wire_latency, wire_setup
     from lockd.rpc.server import RpcServer
     from lockd.service import VirtlockdService
 
@@ -219,9 +218,8 @@ async def _latency(manager: LeaseManager, lockspace: str, pid: int, rounds: int,
         await manager.release(lockspace, f"latency-{i % 10}", pid)
         acquire_s.append(t1 - t0)
         release_s.append(time.perf_counter() - t1)
-    for name, values in (("acquire_ms", acquire_s), ("release_ms", release_s)):
-        results[name] = {"p50": round(statistics.median(values) * 1e3, 3),
-                         "p99": round(percentile(values, 0.99) * 1e3, 3)}
+    results["acquire_ms"] = summary_ms(acquire_s)
+    results["release_ms"] = summary_ms(release_s)
 
 
 async def _store_floor(store: LeaseStore, lockspace: str, rounds: int, progress: Callable[[str], None]
@@ -239,7 +237,7 @@ async def _store_floor(store: LeaseStore, lockspace: str, rounds: int, progress:
         await asyncio.to_thread(store.write_heartbeat, floor_space, nxt, expected=beat)
         times.append(time.perf_counter() - t0)
         beat = nxt
-    return {"p50": round(statistics.median(times) * 1e3, 3), "p99": round(percentile(times, 0.99) * 1e3, 3)}
+    return summary_ms(times)
 
 
 async def _renewal_cost(manager: LeaseManager, counting: CountingStore, lockspace: str, pid: int,
@@ -336,11 +334,8 @@ def daemon_config_text(config: DaemonConfig, *, host_id: str, root: Path, locksp
 def daemon_figures(config: DaemonConfig, *, rounds: int, lease_counts: tuple[int, ...],
                    progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Start ``python -m lockd.daemon`` on the store, measure it over its admin socket (blocking)."""
-    from lockd.baselines import stop_daemon
-
     lockspace = f"bench-{secrets.token_hex(4)}"
-    tmpfs = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.TemporaryDirectory(prefix="lockd-bench-daemon-", dir=tmpfs) as tmp:
+    with tempfile.TemporaryDirectory(prefix="lockd-bench-daemon-", dir=STATE_TMPFS) as tmp:
         root = Path(tmp)
         host_id = f"bench-daemon-{secrets.token_hex(3)}"
         (root / "lockd.toml").write_text(daemon_config_text(config, host_id=host_id, root=root, lockspace=lockspace))
@@ -369,8 +364,8 @@ def daemon_figures(config: DaemonConfig, *, rounds: int, lease_counts: tuple[int
                 admin.call({"op": "release", **request})
                 acquire_s.append(t1 - t0)
                 release_s.append(time.perf_counter() - t1)
-            figures["acquire_ms"] = _summary_ms(acquire_s)
-            figures["release_ms"] = _summary_ms(release_s)
+            figures["acquire_ms"] = summary_ms(acquire_s)
+            figures["release_ms"] = summary_ms(release_s)
             rows, held, new_s = [], 0, []
             for count in lease_counts:
                 progress(f"lockd daemon: holding {count} leases")
@@ -388,10 +383,9 @@ def daemon_figures(config: DaemonConfig, *, rounds: int, lease_counts: tuple[int
                              "renew_ms_last": round((status["lockspaces"][0]["last_renew_latency_s"] or 0) * 1e3, 3)})
             figures["held"] = rows
             if new_s:
-                figures["acquire_new_key_ms"] = _summary_ms(new_s)
+                figures["acquire_new_key_ms"] = summary_ms(new_s)
             progress("lockd daemon: releasing (its owner exits)")
-            owner.kill()
-            owner.wait()
+            end_stand_in(owner)
             deadline = time.monotonic() + max(60.0, held * 0.02)
             while time.monotonic() < deadline:
                 status = admin.call({"op": "status"})
@@ -431,10 +425,6 @@ def _wait_for_admin(path: str, daemon: subprocess.Popen[bytes], log: Path) -> Ad
             if daemon.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"lockd daemon did not start: {log.read_text()[-500:]}") from None
             time.sleep(0.05)
-
-
-def _summary_ms(values: list[float]) -> dict[str, float]:
-    return {"p50": round(statistics.median(values) * 1e3, 3), "p99": round(percentile(values, 0.99) * 1e3, 3)}
 
 
 def _threads(pid: int) -> int:
