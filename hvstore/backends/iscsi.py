@@ -46,7 +46,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from hvstore.backends.base import Backend, BlockIO, StoreConfig, option
-from hvstore.backends.tgtd import Tgtd
+from hvstore.backends.tgtd import Tgtd, lun_disk_xml, lun_uri, xml_attr
 from hvstore.errors import AlreadyExists, BackendUnavailable, InvalidArgument
 from hvstore.model import Capabilities, Feature, FenceResult, SnapshotInfo, VolumeInfo, no, yes
 from hvstore.protocols.libiscsi import Chap, IscsiBlockIO, IscsiSession, Target
@@ -102,11 +102,6 @@ CAPABILITIES = Capabilities(
     max_nodes=None,
     snapshot_kind="file copy",
 )
-
-
-def _attr(value: str) -> str:
-    """An XML attribute value in single quotes, escaped."""
-    return "'" + escape(value, {"'": "&apos;"}) + "'"
 
 
 def _now() -> str:
@@ -376,13 +371,8 @@ class IscsiBackend(Backend[IscsiConfig]):
         an ``iscsi://`` URL cannot name the initiator. With CHAP it names the user only: the password must
         reach QEMU as a secret object (``password-secret``)."""
         self._entry(self._load(), name)
-        if host is None:
-            return f"iscsi://{self.config.portal}/{self._iqn(name)}/{LUN}"
-        protocol: dict[str, Any] = {"driver": "iscsi", "transport": "tcp", "portal": self.config.portal,
-                                    "target": self._iqn(name), "lun": LUN, "initiator-name": self.initiator_for(host)}
-        if self.config.chap_user:
-            protocol["user"] = self.config.chap_user
-        return "json:" + json.dumps({"driver": "raw", "file": protocol}, separators=(",", ":"))
+        initiator = self.initiator_for(host) if host is not None else ""
+        return lun_uri(self.config.portal, self._iqn(name), LUN, initiator=initiator, user=self.config.chap_user)
 
     def qemu_format(self, name: str) -> str:
         return "raw"
@@ -391,18 +381,8 @@ class IscsiBackend(Backend[IscsiConfig]):
         """A network ``<disk>``; ``host`` (and ``vm``: ``initiator_for``) becomes the initiator IQN QEMU
         logs in as, which must be allowed (``allow``) and is what ``fence(dead_host=host)`` cuts off."""
         self._entry(self._load(), name)
-        address, _, port = self.config.portal.rpartition(":")
-        iqn = self.initiator_for(host, vm) if host else ""
-        initiator = f"<initiator><iqn name={_attr(iqn)}/></initiator>" if host else ""
-        auth = self._auth_xml()
-        return (
-            "<disk type='network' device='disk'>"
-            "<driver name='qemu' type='raw' cache='none'/>"
-            f"<source protocol='iscsi' name={_attr(f'{self._iqn(name)}/{LUN}')}>"
-            f"<host name={_attr(address)} port={_attr(port)}/>{auth}{initiator}</source>"
-            f"<target dev={_attr(target)} bus='virtio'/>"
-            "</disk>"
-        )
+        return lun_disk_xml(self.config.portal, self._iqn(name), LUN, target=target,
+                            initiator=self.initiator_for(host, vm) if host else "", auth_xml=self._auth_xml())
 
     def volume_pool_xml(self, name: str, *, host: str | None = None) -> str:
         """A libvirt ``iscsi-direct`` pool (libiscsi, no kernel initiator) over this volume's target.
@@ -415,8 +395,8 @@ class IscsiBackend(Backend[IscsiConfig]):
         initiator = self.initiator_for(host) if host else self.config.initiator
         return (
             f"<pool type='iscsi-direct'><name>{escape(f'{self.store}.{name}')}</name><source>"
-            f"<host name={_attr(address)} port={_attr(port)}/><device path={_attr(self._iqn(name))}/>"
-            f"<initiator><iqn name={_attr(initiator)}/></initiator>{self._auth_xml(pool=True)}</source></pool>"
+            f"<host name={xml_attr(address)} port={xml_attr(port)}/><device path={xml_attr(self._iqn(name))}/>"
+            f"<initiator><iqn name={xml_attr(initiator)}/></initiator>{self._auth_xml(pool=True)}</source></pool>"
         )
 
     def _auth_xml(self, *, pool: bool = False) -> str:
@@ -425,8 +405,8 @@ class IscsiBackend(Backend[IscsiConfig]):
         usage = self.config.chap_secret_usage or f"hvstore-{self.store}"
         kind = " type='chap'" if pool else ""
         secret_type = "" if pool else " type='iscsi'"
-        return (f"<auth{kind} username={_attr(self.config.chap_user)}>"
-                f"<secret{secret_type} usage={_attr(usage)}/></auth>")
+        return (f"<auth{kind} username={xml_attr(self.config.chap_user)}>"
+                f"<secret{secret_type} usage={xml_attr(usage)}/></auth>")
 
     # -- helpers: state -----------------------------------------------------------------------------
     def _iqn(self, name: str) -> str:

@@ -24,17 +24,15 @@ stops a second locker, and only on clusters formatted with ``dog cluster format 
 from __future__ import annotations
 
 import datetime
-import json
 import re
 import time
 import zlib
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
-from xml.sax.saxutils import escape
 
 from hvstore.backends.base import Backend, BlockIO, StoreConfig, option
-from hvstore.backends.tgtd import Tgtd
+from hvstore.backends.tgtd import Tgtd, lun_disk_xml, lun_uri
 from hvstore.errors import AlreadyExists, BackendUnavailable, Busy, ConfigError, InvalidArgument, NotFound
 from hvstore.model import Capabilities, Feature, FenceResult, SnapshotInfo, VolumeInfo, no, yes
 from hvstore.protocols.sheepdog import SheepdogClient, SheepdogConnection, parse_address
@@ -97,10 +95,6 @@ CAPABILITIES = Capabilities(
     max_nodes=None,
     snapshot_kind="sheepdog snapshot (copy-on-write objects)",
 )
-
-
-def _attr(value: str) -> str:
-    return "'" + escape(value, {"'": "&apos;"}) + "'"
 
 
 def _iso(ctime: int) -> str | None:
@@ -259,11 +253,8 @@ class SheepdogBackend(Backend[SheepdogConfig]):
         default initiator name, which must be in ``allowed_initiators``; with ``host`` a ``json:`` filename
         that logs in as ``initiator_for(host)`` (admitted by ``grant``)."""
         self.export(name)
-        if host is None:
-            return f"iscsi://{self.config.portal}/{self._iqn(name)}/{LUN}"
-        protocol = {"driver": "iscsi", "transport": "tcp", "portal": self.config.portal, "target": self._iqn(name),
-                    "lun": LUN, "initiator-name": self.initiator_for(host)}
-        return "json:" + json.dumps({"driver": "raw", "file": protocol}, separators=(",", ":"))
+        initiator = self.initiator_for(host) if host is not None else ""
+        return lun_uri(self.config.portal, self._iqn(name), LUN, initiator=initiator)
 
     def initiator_for(self, host: str) -> str:
         """The initiator IQN ``host``'s QEMU logs in to exports with."""
@@ -298,16 +289,8 @@ class SheepdogBackend(Backend[SheepdogConfig]):
         """libvirt's iscsi network disk on the tgtd export (libvirt >= 8.8 has no sheepdog disk); with
         ``host``, QEMU logs in as ``initiator_for(host)`` (``grant`` admits it)."""
         self.export(name)
-        address, _, port = self.config.portal.rpartition(":")
-        initiator = f"<initiator><iqn name={_attr(self.initiator_for(host))}/></initiator>" if host else ""
-        return (
-            "<disk type='network' device='disk'>"
-            "<driver name='qemu' type='raw' cache='none'/>"
-            f"<source protocol='iscsi' name={_attr(f'{self._iqn(name)}/{LUN}')}>"
-            f"<host name={_attr(address)} port={_attr(port)}/>{initiator}</source>"
-            f"<target dev={_attr(target)} bus='virtio'/>"
-            "</disk>"
-        )
+        return lun_disk_xml(self.config.portal, self._iqn(name), LUN, target=target,
+                            initiator=self.initiator_for(host) if host else "")
 
     # -- tgtd export --------------------------------------------------------------------------------
     def export(self, name: str) -> TargetInfo:

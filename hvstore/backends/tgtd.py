@@ -9,14 +9,20 @@ sequence that reads and then changes them runs under a host-wide flock next to t
 tgtd quirks handled here: it reads a LUN's size only when the LUN is created (``reload_lun``); a target
 set ``offline`` drops commands for good, so quiescing empties the ACL instead (``quiesced``); it exits
 only on ``--mode system --op delete`` once it has no targets (see ``hvstore.lab.tgt``).
+
+How QEMU and libvirt reach a LUN of a tgt target (``lun_uri``, ``lun_disk_xml``) is here too: both backends
+hand out the same kind of disk.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
 
 from hvstore.errors import BackendUnavailable, Busy, ToolFailed
 from hvstore.protocols.libiscsi import Chap
@@ -27,6 +33,40 @@ from hvstore.tools.tgtadm import TUNED_PARAMETERS, TargetInfo, Tgtadm
 DEFAULT_SOCKET = "/var/run/tgtd/socket"
 TGTADM_TIMEOUT_S = 30.0
 DEFAULT_REMEDY = "run 'hvstore lab up tgt'"
+
+
+def xml_attr(value: str) -> str:
+    """An XML attribute value in single quotes, escaped."""
+    return "'" + escape(value, {"'": "&apos;"}) + "'"
+
+
+def lun_uri(portal: str, iqn: str, lun: int, *, initiator: str = "", user: str = "") -> str:
+    """QEMU's filename for LUN ``lun`` of target ``iqn`` on ``portal``: ``iscsi://PORTAL/IQN/LUN``; with
+    ``initiator``, a ``json:`` filename (raw over QEMU's iscsi protocol driver) that logs in as that
+    initiator, which an ``iscsi://`` URL cannot name, and ``user`` the CHAP user (the password must reach
+    QEMU as a secret object, ``password-secret``)."""
+    if not initiator:
+        return f"iscsi://{portal}/{iqn}/{lun}"
+    protocol: dict[str, Any] = {"driver": "iscsi", "transport": "tcp", "portal": portal, "target": iqn,
+                                "lun": lun, "initiator-name": initiator}
+    if user:
+        protocol["user"] = user
+    return "json:" + json.dumps({"driver": "raw", "file": protocol}, separators=(",", ":"))
+
+
+def lun_disk_xml(portal: str, iqn: str, lun: int, *, target: str, initiator: str = "", auth_xml: str = "") -> str:
+    """libvirt's network ``<disk>`` (raw, no host cache, virtio) on LUN ``lun`` of target ``iqn``:
+    ``initiator`` is the IQN QEMU logs in as, ``auth_xml`` an ``<auth>`` element for CHAP."""
+    address, _, port = portal.rpartition(":")
+    initiator_xml = f"<initiator><iqn name={xml_attr(initiator)}/></initiator>" if initiator else ""
+    return (
+        "<disk type='network' device='disk'>"
+        "<driver name='qemu' type='raw' cache='none'/>"
+        f"<source protocol='iscsi' name={xml_attr(f'{iqn}/{lun}')}>"
+        f"<host name={xml_attr(address)} port={xml_attr(port)}/>{auth_xml}{initiator_xml}</source>"
+        f"<target dev={xml_attr(target)} bus='virtio'/>"
+        "</disk>"
+    )
 
 
 class Tgtd:
