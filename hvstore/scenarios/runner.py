@@ -416,8 +416,7 @@ class ScenarioRun:
         # Whatever still runs is stopped first: the check reads a volume nobody writes.
         for writer in self.writers.values():
             if writer.exit_code is None and writer.handle.poll() is None:
-                writer.handle.signal(signal.SIGCONT)
-                writer.handle.signal(signal.SIGKILL)
+                writer.handle.kill()
                 self.event(f"writer {writer.spec.name} still running at the check: killed")
             if writer.exit_code is None:
                 writer.handle.wait(30)
@@ -622,8 +621,7 @@ class ScenarioRun:
     def _stop_everything(self) -> None:
         for writer in self.writers.values():
             if writer.exit_code is None and writer.handle.poll() is None:
-                writer.handle.signal(signal.SIGCONT)
-                writer.handle.signal(signal.SIGKILL)
+                writer.handle.kill()
                 writer.handle.wait(10)
         procs = self.extra_procs + [d.proc for d in self.lockds.values()]
         for proc in procs:

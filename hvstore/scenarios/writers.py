@@ -94,6 +94,11 @@ class WriterProcess(ABC):
     def signal(self, sig: signal.Signals) -> None:
         """Send ``sig`` (SIGSTOP: a hung host, SIGCONT, SIGKILL: a dead host); no-op once it ended."""
 
+    def kill(self) -> None:
+        """End it now, frozen or not: SIGCONT, then SIGKILL (a no-op once it ended)."""
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGKILL)
+
     @abstractmethod
     def output(self) -> list[str]:
         """Its output lines (progress, errors), once it ended."""
