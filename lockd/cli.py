@@ -193,11 +193,9 @@ def bench(config: ConfigOption = None,
                                  progress=lambda text: typer.echo(f"... {text}", err=True)))
     lines = [f"store {data['store']}, TTL {data['timing']['ttl_s']} s, renew every "
              f"{data['timing']['renew_interval_s']} s",
-             f"acquire p50 {data['acquire_ms']['p50']} ms p99 {data['acquire_ms']['p99']} ms; "
-             f"release p50 {data['release_ms']['p50']} ms p99 {data['release_ms']['p99']} ms",
-             f"the store's own guarded write (the floor of an acquire): p50 {data['store_write_ms']['p50']} ms "
-             f"p99 {data['store_write_ms']['p99']} ms; acquire p99 / floor p99 "
-             f"{data['ratios_to_store']['acquire_p99']}"]
+             f"{_latency('acquire', data['acquire_ms'])}; {_latency('release', data['release_ms'])}",
+             _latency("the store's own guarded write (the floor of an acquire):", data["store_write_ms"])
+             + f"; acquire p99 / floor p99 {data['ratios_to_store']['acquire_p99']}"]
     lines += [f"{row['leases']:>6} leases: {row['store_ops_per_renew']} store ops per renewal, last renewal "
               f"{row['renew_ms_last']} ms, bench process RSS {row['bench_process_rss_mib']} MiB"
               for row in data["renewal"]]
@@ -205,28 +203,29 @@ def bench(config: ConfigOption = None,
         lines.append(f"takeover {data['takeover_s']} s after the holder died")
     if "daemon" in data:
         daemon = data["daemon"]
-        lines.append(f"lockd daemon (pid {daemon['pid']}) over its admin socket: acquire p50 "
-                     f"{daemon['acquire_ms']['p50']} ms p99 {daemon['acquire_ms']['p99']} ms; release p50 "
-                     f"{daemon['release_ms']['p50']} ms p99 {daemon['release_ms']['p99']} ms; RSS idle "
-                     f"{daemon['rss_idle_mib']} MiB")
+        lines.append(f"lockd daemon (pid {daemon['pid']}) over its admin socket: "
+                     f"{_latency('acquire', daemon['acquire_ms'])}; {_latency('release', daemon['release_ms'])}; "
+                     f"RSS idle {daemon['rss_idle_mib']} MiB")
         lines.append(f"the floor under it (interpreter, asyncio, the store's client connected; python -m lockd.floor): "
                      f"RSS {daemon['floor_rss_mib']} MiB, {daemon['floor_threads']} threads")
         lines += [f"{row['leases']:>6} leases held: daemon RSS {row['daemon_rss_mib']} MiB (lockd's own "
                   f"{row['lockd_own_mib']} MiB above the floor), {row['threads']} threads" for row in daemon["held"]]
     for who, wire in data["wire"].items():
-        lines.append(f"{who} over the virtlockd protocol: REGISTER+ACQUIRE p50 {wire['register_acquire_ms']['p50']}"
-                     f" ms p99 {wire['register_acquire_ms']['p99']} ms; RELEASE p50 {wire['release_ms']['p50']} ms"
-                     f" p99 {wire['release_ms']['p99']} ms"
+        lines.append(f"{who} over the virtlockd protocol: {_latency('REGISTER+ACQUIRE', wire['register_acquire_ms'])}; "
+                     f"{_latency('RELEASE', wire['release_ms'])}"
                      + (f"; daemon RSS {wire['daemon_rss_mib']} MiB" if "daemon_rss_mib" in wire else ""))
     if "sanlock" in data:
         san = data["sanlock"]
         lines.append(f"sanlock (io_timeout {san['io_timeout_s']} s): add_lockspace {san['add_lockspace_s']} s; "
-                     f"acquire p50 {san['acquire_ms']['p50']} ms p99 {san['acquire_ms']['p99']} ms; release p50 "
-                     f"{san['release_ms']['p50']} ms p99 {san['release_ms']['p99']} ms; daemon RSS "
-                     f"{san['daemon_rss_mib']} MiB"
+                     f"{_latency('acquire', san['acquire_ms'])}; {_latency('release', san['release_ms'])}; "
+                     f"daemon RSS {san['daemon_rss_mib']} MiB"
                      + (f"; takeover {san['takeover_s']} s after the holder died" if "takeover_s" in san else ""))
         lines.append("ratios lockd / baseline: " + ", ".join(f"{k} {v}" for k, v in data["ratios"].items()))
     _emit(data, as_json, "\n".join(lines))
+
+
+def _latency(label: str, summary: dict[str, float]) -> str:
+    return f"{label} p50 {summary['p50']} ms p99 {summary['p99']} ms"
 
 
 def main() -> None:
